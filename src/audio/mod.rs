@@ -1,0 +1,11 @@
+//! Audio for the uplink: Opus decoding to 16 kHz PCM and voice activity detection. Encoding
+//! for synthesized replies and Ogg muxing for clips join here as they are needed.
+//!
+//! Everything here is synchronous and cheap per 60 ms frame (decode ~50 µs, VAD ~15 µs per
+//! 16 ms), so sessions call it inline; nothing here may block or allocate per frame.
+
+pub mod opus;
+pub mod vad;
+
+/// The rate everything on the uplink is processed at.
+pub const UPLINK_RATE: u32 = 16_000;

@@ -1,0 +1,143 @@
+//! Voice activity detection on 16 kHz PCM with `earshot` (pure Rust, 256-sample frames) and
+//! the end-of-utterance rule built on it: speech starts after a short run of voiced audio and
+//! ends after a configured span of silence, both measured in audio time so the outcome does
+//! not depend on network timing.
+
+use std::time::Duration;
+
+/// earshot works on exactly 256 samples (16 ms at 16 kHz).
+const VAD_FRAME: usize = 256;
+/// Voiced audio needed before we call it speech (ignores clicks and coughs).
+const MIN_SPEECH: Duration = Duration::from_millis(120);
+
+/// Per-packet verdict of the detector.
+pub struct VoiceDetector {
+    detector: Box<earshot::Detector>,
+    pending: [i16; VAD_FRAME],
+    pending_len: usize,
+    threshold: f32,
+}
+
+impl VoiceDetector {
+    pub fn new(threshold: f32) -> Self {
+        Self {
+            detector: earshot::Detector::default_boxed(),
+            pending: [0; VAD_FRAME],
+            pending_len: 0,
+            threshold,
+        }
+    }
+
+    /// Feeds one packet's samples; returns whether the packet counts as voiced (at least 40% of
+    /// the 16 ms frames completed by it scored above the threshold).
+    pub fn is_voiced(&mut self, mut pcm: &[i16]) -> bool {
+        let (mut voiced, mut total) = (0u32, 0u32);
+        while !pcm.is_empty() {
+            let take = (VAD_FRAME - self.pending_len).min(pcm.len());
+            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&pcm[..take]);
+            self.pending_len += take;
+            pcm = &pcm[take..];
+            if self.pending_len == VAD_FRAME {
+                self.pending_len = 0;
+                total += 1;
+                if self.detector.predict_i16(&self.pending) >= self.threshold {
+                    voiced += 1;
+                }
+            }
+        }
+        total > 0 && voiced * 5 >= total * 2
+    }
+
+    pub fn reset(&mut self) {
+        self.detector.reset();
+        self.pending_len = 0;
+    }
+}
+
+/// Where a packet left the utterance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// No speech yet.
+    Waiting,
+    /// Speech has begun (returned once, on the packet that confirmed it).
+    SpeechStarted,
+    /// Speech continues (or is in a pause shorter than the silence window).
+    InSpeech,
+    /// Speech ended: the silence window has passed.
+    SpeechEnded,
+}
+
+/// The end-of-utterance rule over per-packet verdicts.
+pub struct Endpointer {
+    silence_window: Duration,
+    voiced_run: Duration,
+    silence: Duration,
+    started: bool,
+}
+
+impl Endpointer {
+    pub fn new(silence_window: Duration) -> Self {
+        Self { silence_window, voiced_run: Duration::ZERO, silence: Duration::ZERO, started: false }
+    }
+
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Advances by one packet of `duration` that was voiced or not.
+    pub fn push(&mut self, voiced: bool, duration: Duration) -> Endpoint {
+        if !self.started {
+            if voiced {
+                self.voiced_run += duration;
+                if self.voiced_run >= MIN_SPEECH {
+                    self.started = true;
+                    self.silence = Duration::ZERO;
+                    return Endpoint::SpeechStarted;
+                }
+            } else {
+                self.voiced_run = Duration::ZERO;
+            }
+            return Endpoint::Waiting;
+        }
+        if voiced {
+            self.silence = Duration::ZERO;
+            return Endpoint::InSpeech;
+        }
+        self.silence += duration;
+        if self.silence >= self.silence_window { Endpoint::SpeechEnded } else { Endpoint::InSpeech }
+    }
+
+    pub fn reset(&mut self) {
+        *self = Self::new(self.silence_window);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: Duration = Duration::from_millis(60);
+
+    #[test]
+    fn speech_needs_a_run_and_ends_after_the_window() {
+        let mut e = Endpointer::new(Duration::from_millis(300));
+        assert_eq!(e.push(true, F), Endpoint::Waiting);
+        assert_eq!(e.push(false, F), Endpoint::Waiting);
+        assert_eq!(e.push(true, F), Endpoint::Waiting);
+        assert_eq!(e.push(true, F), Endpoint::SpeechStarted);
+        assert_eq!(e.push(false, F), Endpoint::InSpeech);
+        assert_eq!(e.push(false, F), Endpoint::InSpeech);
+        assert_eq!(e.push(true, F), Endpoint::InSpeech);
+        for _ in 0..4 {
+            assert_eq!(e.push(false, F), Endpoint::InSpeech);
+        }
+        assert_eq!(e.push(false, F), Endpoint::SpeechEnded);
+    }
+
+    #[test]
+    fn silence_is_not_voice() {
+        let mut v = VoiceDetector::new(0.5);
+        assert!(!v.is_voiced(&[0i16; 960]));
+        assert!(!v.is_voiced(&[]));
+    }
+}

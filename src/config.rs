@@ -1,0 +1,532 @@
+//! Configuration: defaults < config file (`--config FILE`, TOML) < environment, parsed into
+//! typed [`Settings`] once at start-up and validated there. Nothing reads the environment
+//! later. Every setting is listed once in [`SETTINGS`] (environment name, key, default,
+//! meaning); the environment provider and the configuration reference are both built from it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One documented setting: its environment name, its key in the config file, its default
+/// and what it means.
+pub struct SettingDoc {
+    pub env: &'static str,
+    pub key: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+macro_rules! settings_table {
+    ($( $env:literal => $key:literal, $default:literal, $meaning:literal; )*) => {
+        /// Every setting the gateway reads.
+        pub const SETTINGS: &[SettingDoc] = &[
+            $( SettingDoc { env: $env, key: $key, default: $default, meaning: $meaning }, )*
+        ];
+    };
+}
+
+settings_table! {
+    "XIAOZHI_LISTEN" => "listen", "0.0.0.0:8000", "Address of the one HTTP/WebSocket listener.";
+    "XIAOZHI_PUBLIC_URL" => "public_url", "", "WebSocket URL the OTA endpoint hands to devices (e.g. wss://voice.example.com/xiaozhi/v1/). Empty: derived from the request's Host header.";
+    "XIAOZHI_DATA_DIR" => "data_dir", "./data", "Directory for everything the embedded default writes (SQLite file, local object store).";
+    "XIAOZHI_LOG_FORMAT" => "log_format", "auto", "Log output: json, text, or auto (text on a terminal, JSON otherwise).";
+    "XIAOZHI_AUTH_TOKENS" => "auth.tokens", "", "Comma-separated static access tokens. Authentication is on when this or auth.secret is set.";
+    "XIAOZHI_AUTH_SECRET" => "auth.secret", "", "Secret for HMAC-signed tokens that the OTA endpoint issues, bound to device id and client id.";
+    "XIAOZHI_AUTH_TOKEN_TTL_SECS" => "auth.token_ttl_secs", "2592000", "Lifetime of OTA-issued tokens (30 days).";
+    "XIAOZHI_AUTH_ALLOWED_DEVICES" => "auth.allowed_devices", "", "Comma-separated device ids (MACs) admitted without a token.";
+    "XIAOZHI_HELLO_TIMEOUT_MS" => "session.hello_timeout_ms", "10000", "How long a new connection may take to send its hello before it is closed.";
+    "XIAOZHI_IDLE_TIMEOUT_SECS" => "session.idle_timeout_secs", "120", "A session without user speech for this long is closed cleanly.";
+    "XIAOZHI_MAX_CONNECTIONS" => "session.max_connections", "10000", "Most concurrent device sessions; further upgrades get HTTP 503.";
+    "XIAOZHI_MAX_MESSAGE_BYTES" => "session.max_message_bytes", "65536", "Largest WebSocket message (text or binary) accepted from a device; larger closes with 1009.";
+    "XIAOZHI_MAX_UTTERANCE_SECS" => "session.max_utterance_secs", "30", "Longest user utterance kept; audio beyond it ends the turn.";
+    "XIAOZHI_VAD_SILENCE_MS" => "session.vad_silence_ms", "600", "Silence after speech that ends a turn in auto and realtime modes.";
+    "XIAOZHI_VAD_THRESHOLD" => "session.vad_threshold", "0.5", "Voice probability (0..1) above which a 16 ms frame counts as speech.";
+    "XIAOZHI_DOWNLINK_SAMPLE_RATE" => "session.downlink_sample_rate", "24000", "Sample rate announced in the server hello for downlink Opus (8000, 12000, 16000, 24000 or 48000).";
+    "XIAOZHI_DOWNLINK_PREBUFFER_FRAMES" => "session.prebuffer_frames", "2", "Reply frames sent ahead of real time (the rest are paced at their playback time).";
+    "XIAOZHI_WAKE_WORDS" => "session.wake_words", "你好小智,你好小志,小爱同学,你好小鑫,你好小新,小美同学,小龙小龙,喵喵同学,小滨小滨,小冰小冰,嘿你好呀", "Comma-separated phrases that `listen detect` treats as a wake word rather than a typed turn.";
+    "XIAOZHI_PROTOCOL_VERSION" => "ota.protocol_version", "1", "Binary protocol version (1, 2 or 3) the OTA endpoint tells devices to use.";
+    "XIAOZHI_TIMEZONE_OFFSET_MIN" => "ota.timezone_offset_min", "480", "server_time.timezone_offset given to devices (minutes east of UTC).";
+    "XIAOZHI_FIRMWARE_VERSION" => "ota.firmware_version", "", "Offer this firmware version to devices (with ota.firmware_url); empty: no update offered.";
+    "XIAOZHI_FIRMWARE_URL" => "ota.firmware_url", "", "Download URL of the offered firmware.";
+    "XIAOZHI_ACTIVATION" => "ota.activation", "false", "Ask unknown devices to activate with a code (off: devices connect at once).";
+    "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres.";
+    "DATABASE_URL" => "database.url", "", "A whole database URL; overrides the DB_* parts.";
+    "DB_HOST" => "database.host", "localhost", "PostgreSQL host.";
+    "DB_PORT" => "database.port", "5432", "PostgreSQL port.";
+    "DB_USER" => "database.user", "postgres", "PostgreSQL user.";
+    "DB_PASSWORD" => "database.password", "", "PostgreSQL password.";
+    "DB_NAME" => "database.name", "xiaozhi_admin", "PostgreSQL database name.";
+    "DB_SSL_MODE" => "database.ssl_mode", "disable", "PostgreSQL TLS: disable, require, verify-ca or verify-full.";
+    "MINIO_ENDPOINT" => "storage.endpoint", "", "MinIO/S3 endpoint (host:port). Empty: clips go to a directory under the data dir.";
+    "MINIO_ACCESS_KEY" => "storage.access_key", "", "S3 access key.";
+    "MINIO_SECRET_KEY" => "storage.secret_key", "", "S3 secret key.";
+    "MINIO_USE_SSL" => "storage.use_ssl", "false", "Use https for the S3 endpoint.";
+    "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing).";
+    "MINIO_REGION" => "storage.region", "us-east-1", "S3 region.";
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Who may connect.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// Static bearer tokens accepted from any device.
+    #[serde(deserialize_with = "string_list")]
+    pub tokens: Vec<String>,
+    /// HMAC key for tokens issued by the OTA endpoint.
+    #[serde(deserialize_with = "opt_string")]
+    pub secret: Option<String>,
+    /// Lifetime of issued tokens in seconds.
+    pub token_ttl_secs: u64,
+    /// Devices admitted without a token.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_devices: Vec<String>,
+}
+
+impl AuthSettings {
+    /// Authentication is on as soon as any credential is configured.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.secret.is_some()
+    }
+}
+
+/// Per-connection limits and turn-taking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionSettings {
+    pub hello_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub max_utterance_secs: u64,
+    pub vad_silence_ms: u64,
+    pub vad_threshold: f32,
+    pub downlink_sample_rate: u32,
+    pub prebuffer_frames: u32,
+    #[serde(deserialize_with = "string_list")]
+    pub wake_words: Vec<String>,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            hello_timeout_ms: 10_000,
+            idle_timeout_secs: 120,
+            max_connections: 10_000,
+            max_message_bytes: 64 * 1024,
+            max_utterance_secs: 30,
+            vad_silence_ms: 600,
+            vad_threshold: 0.5,
+            downlink_sample_rate: 24_000,
+            prebuffer_frames: 2,
+            wake_words: default_from_table("session.wake_words").split(',').map(str::to_owned).collect(),
+        }
+    }
+}
+
+impl SessionSettings {
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn vad_silence(&self) -> Duration {
+        Duration::from_millis(self.vad_silence_ms)
+    }
+}
+
+/// What the OTA endpoint tells devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OtaSettings {
+    pub protocol_version: u8,
+    pub timezone_offset_min: i32,
+    #[serde(deserialize_with = "opt_string")]
+    pub firmware_version: Option<String>,
+    #[serde(deserialize_with = "opt_string")]
+    pub firmware_url: Option<String>,
+    pub activation: bool,
+}
+
+impl Default for OtaSettings {
+    fn default() -> Self {
+        Self {
+            protocol_version: 1,
+            timezone_offset_min: 480,
+            firmware_version: None,
+            firmware_url: None,
+            activation: false,
+        }
+    }
+}
+
+/// Which database holds conversations (read by the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    #[default]
+    Sqlite,
+    #[serde(alias = "postgresql", alias = "pg")]
+    Postgres,
+}
+
+/// Database connection settings (the seed's `DB_*` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    pub kind: DatabaseKind,
+    #[serde(deserialize_with = "opt_string")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub host: String,
+    pub port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub user: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub password: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub ssl_mode: String,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            kind: DatabaseKind::Sqlite,
+            url: None,
+            host: "localhost".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: String::new(),
+            name: "xiaozhi_admin".into(),
+            ssl_mode: "disable".into(),
+        }
+    }
+}
+
+/// Object storage settings (the seed's `MINIO_*` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    #[serde(deserialize_with = "opt_string")]
+    pub endpoint: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub access_key: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub secret_key: String,
+    pub use_ssl: bool,
+    #[serde(deserialize_with = "lenient_string")]
+    pub bucket: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub region: String,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            access_key: String::new(),
+            secret_key: String::new(),
+            use_ssl: false,
+            bucket: "xiaozhi-audio".into(),
+            region: "us-east-1".into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "opt_string")]
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub auth: AuthSettings,
+    pub session: SessionSettings,
+    pub ota: OtaSettings,
+    pub database: DatabaseSettings,
+    pub storage: StorageSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            public_url: None,
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Auto,
+            auth: AuthSettings { token_ttl_secs: 30 * 24 * 3600, ..AuthSettings::default() },
+            session: SessionSettings::default(),
+            ota: OtaSettings::default(),
+            database: DatabaseSettings::default(),
+            storage: StorageSettings::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {0}")]
+    Parse(String),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid setting {setting} ({env}): {reason}")]
+    Invalid { setting: &'static str, env: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Loads defaults, then the file (if given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::raw())
+    }
+
+    /// As [`Settings::load`], with an explicit environment source (for tests).
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // An empty variable means "not set" rather than "set to nothing".
+        let env = env.filter_map(|name| {
+            let doc = SETTINGS.iter().find(|s| name.as_str().eq_ignore_ascii_case(s.env))?;
+            let empty = std::env::var(doc.env).is_ok_and(|v| v.trim().is_empty());
+            (!empty).then(|| doc.key.into())
+        });
+        let figment = figment.merge(env);
+        let settings: Settings = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| {
+            let env = SETTINGS.iter().find(|s| s.key == key).map_or("", |s| s.env);
+            Err(ConfigError::Invalid { setting: key, env, reason })
+        };
+        let s = &self.session;
+        if ![8_000, 12_000, 16_000, 24_000, 48_000].contains(&s.downlink_sample_rate) {
+            return invalid(
+                "session.downlink_sample_rate",
+                format!("{} is not an Opus rate (8000, 12000, 16000, 24000, 48000)", s.downlink_sample_rate),
+            );
+        }
+        if !(0.0..=1.0).contains(&s.vad_threshold) {
+            return invalid("session.vad_threshold", format!("{} is not between 0 and 1", s.vad_threshold));
+        }
+        if s.max_connections == 0 {
+            return invalid("session.max_connections", "must be at least 1".into());
+        }
+        if s.max_message_bytes < 1024 {
+            return invalid("session.max_message_bytes", "must be at least 1024".into());
+        }
+        if s.hello_timeout_ms == 0 || s.idle_timeout_secs == 0 {
+            return invalid("session.idle_timeout_secs", "timeouts must be positive".into());
+        }
+        if s.max_utterance_secs == 0 {
+            return invalid("session.max_utterance_secs", "must be at least 1".into());
+        }
+        if !(1..=3).contains(&self.ota.protocol_version) {
+            return invalid(
+                "ota.protocol_version",
+                format!("{} is not 1, 2 or 3", self.ota.protocol_version),
+            );
+        }
+        if self.ota.firmware_version.is_some() != self.ota.firmware_url.is_some() {
+            return invalid(
+                "ota.firmware_url",
+                "ota.firmware_version and ota.firmware_url go together".into(),
+            );
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            return invalid("public_url", format!("{url:?} must start with ws:// or wss://"));
+        }
+        if self.auth.tokens.iter().any(|t| t.contains(char::is_whitespace)) {
+            return invalid("auth.tokens", "tokens must not contain spaces".into());
+        }
+        if !["disable", "require", "verify-ca", "verify-full"].contains(&self.database.ssl_mode.as_str()) {
+            return invalid(
+                "database.ssl_mode",
+                format!("{:?} is not disable, require, verify-ca or verify-full", self.database.ssl_mode),
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration reference as a Markdown table.
+    pub fn reference_markdown() -> String {
+        let mut out =
+            String::from("| environment | config file key | default | meaning |\n|---|---|---|---|\n");
+        for s in SETTINGS {
+            let default =
+                if s.default.is_empty() { "(unset)".to_owned() } else { format!("`{}`", s.default) };
+            out.push_str(&format!("| `{}` | `{}` | {} | {} |\n", s.env, s.key, default, s.meaning));
+        }
+        out
+    }
+}
+
+/// Figment's errors name the key path; add the setting's environment name and file key.
+fn describe(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            match SETTINGS.iter().find(|s| s.key.eq_ignore_ascii_case(&path)) {
+                Some(doc) => format!("{} ({}): {}", doc.key, doc.env, e.kind),
+                None => e.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn default_from_table(key: &str) -> &'static str {
+    SETTINGS.iter().find(|s| s.key == key).map_or("", |s| s.default)
+}
+
+/// Environment values arrive parsed (`12345` becomes a number); secrets and names are strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    S(String),
+    U(u64),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+impl From<Scalar> for String {
+    fn from(v: Scalar) -> Self {
+        match v {
+            Scalar::S(s) => s,
+            Scalar::U(n) => n.to_string(),
+            Scalar::I(n) => n.to_string(),
+            Scalar::F(n) => n.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }
+    }
+}
+
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Scalar::deserialize(d).map(String::from)
+}
+
+fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = Option::<Scalar>::deserialize(d)?.map(String::from);
+    Ok(s.filter(|s| !s.trim().is_empty()))
+}
+
+/// A list given either as an array or as one comma-separated string.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+        Num(u64),
+    }
+    let items = match List::deserialize(d)? {
+        List::Many(v) => v,
+        List::One(s) => s.split(',').map(str::to_owned).collect(),
+        List::Num(n) => vec![n.to_string()],
+    };
+    Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in pairs {
+                jail.set_env(k, v);
+            }
+            result = Some(Settings::load(None));
+            Ok(())
+        });
+        result.expect("jail ran")
+    }
+
+    #[test]
+    fn defaults_hold_without_anything() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s, Settings::default());
+        assert!(!s.auth.enabled());
+        assert!(s.session.wake_words.contains(&"你好小智".to_owned()));
+    }
+
+    #[test]
+    fn environment_overrides_and_lists_split() {
+        let s = load(&[
+            ("XIAOZHI_LISTEN", "127.0.0.1:9000"),
+            ("XIAOZHI_AUTH_TOKENS", "abc, 12345 ,"),
+            ("DB_PASSWORD", "12345"),
+            ("DB_TYPE", "postgres"),
+            ("XIAOZHI_PUBLIC_URL", ""),
+        ])
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(s.auth.tokens, vec!["abc", "12345"]);
+        assert!(s.auth.enabled());
+        assert_eq!(s.database.password, "12345");
+        assert_eq!(s.database.kind, DatabaseKind::Postgres);
+        assert_eq!(s.public_url, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = load(&[("XIAOZHI_IDLE_TIMEOUT_SECS", "soon")]).unwrap_err().to_string();
+        assert!(err.contains("XIAOZHI_IDLE_TIMEOUT_SECS"), "{err}");
+        let err = load(&[("XIAOZHI_DOWNLINK_SAMPLE_RATE", "44100")]).unwrap_err().to_string();
+        assert!(err.contains("XIAOZHI_DOWNLINK_SAMPLE_RATE") && err.contains("44100"), "{err}");
+        let err = load(&[("XIAOZHI_PUBLIC_URL", "http://x")]).unwrap_err().to_string();
+        assert!(err.contains("XIAOZHI_PUBLIC_URL"), "{err}");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "gw.toml",
+                "listen = \"127.0.0.1:7000\"\n[session]\nidle_timeout_secs = 5\nvad_silence_ms = 300\n",
+            )?;
+            jail.set_env("XIAOZHI_VAD_SILENCE_MS", "400");
+            let s = Settings::load(Some(Path::new("gw.toml"))).unwrap();
+            assert_eq!(s.listen.port(), 7000);
+            assert_eq!(s.session.idle_timeout_secs, 5);
+            assert_eq!(s.session.vad_silence_ms, 400);
+            assert!(matches!(
+                Settings::load(Some(Path::new("missing.toml"))),
+                Err(ConfigError::MissingFile(_))
+            ));
+            Ok(())
+        });
+    }
+}

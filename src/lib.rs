@@ -1,0 +1,26 @@
+//! xiaozhi-gateway: a low-latency WebSocket voice gateway for xiaozhi ESP32 devices.
+//!
+//! Module map:
+//! * [`config`]: typed settings (defaults < TOML file < environment), validated once.
+//! * [`server`]: the one HTTP listener: WebSocket upgrade on any path, OTA, health; limits.
+//! * [`auth`]: who may connect: static tokens, OTA-issued HMAC tokens, allowed devices.
+//! * [`ota`]: the OTA endpoint that tells devices where the WebSocket is.
+//! * [`devices`]: what the gateway knows about devices (seen through OTA and hellos).
+//! * [`session`]: one task pair per connection: handshake, turn-taking, abort, idle timeout,
+//!   paced downlink. A session never waits on another session, a database or an upload.
+//! * [`audio`]: Opus decoding and voice activity detection for the uplink.
+//! * [`pipeline`]: the conversation brain behind one [`pipeline::Pipeline`] interface; the
+//!   echo ("parrot") brain is the embedded default.
+//! * [`telemetry`]: the tracing subscriber.
+//!
+//! The wire protocol itself lives in the `firmware-protocol` crate.
+
+pub mod audio;
+pub mod auth;
+pub mod config;
+pub mod devices;
+pub mod ota;
+pub mod pipeline;
+pub mod server;
+pub mod session;
+pub mod telemetry;

@@ -1,0 +1,110 @@
+//! The OTA endpoint (`POST /xiaozhi/ota/`): devices call it at boot to learn the WebSocket
+//! URL, token and binary protocol version, and to set their clock. The answer never holds an
+//! `mqtt` object (a device that sees one switches transport); `firmware` appears only when an
+//! update is configured and `activation` only when activation is switched on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use firmware_protocol::ota::{Activation, Firmware, OtaRequest, OtaResponse, ServerTime, WebsocketInfo};
+use serde_json::json;
+
+use crate::auth::Credentials;
+use crate::devices::Sighting;
+use crate::server::AppState;
+
+/// The WebSocket path the OTA endpoint points devices at.
+pub const WS_PATH: &str = "/xiaozhi/v1/";
+
+/// `POST /xiaozhi/ota/`: accepts any body (firmware, SDK, py-xiaozhi, browser pages).
+pub async fn check_version(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req = OtaRequest::from_body(&body);
+    let creds = Credentials::from_request(&headers, &query);
+    let device_id =
+        creds.device_id.clone().or_else(|| req.mac_address.as_deref().map(str::to_ascii_lowercase));
+    let client_id = creds.client_id.clone().or_else(|| req.uuid.clone());
+    let Some(device_id) = device_id else {
+        return error(StatusCode::BAD_REQUEST, "Device-Id header (or mac_address in the body) is required");
+    };
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let board = req.board_type().or_else(|| user_agent.and_then(|ua| ua.split('/').next()));
+    let record = app.devices.seen(
+        &device_id,
+        Sighting { client_id: client_id.as_deref(), board, firmware_version: req.firmware_version() },
+    );
+    tracing::info!(device_id = %device_id, board = board.unwrap_or("-"), firmware = req.firmware_version().unwrap_or("-"), "OTA check");
+
+    let settings = &app.settings;
+    let token = app.auth.issue(&device_id, client_id.as_deref().unwrap_or("")).unwrap_or_default();
+    let url = settings.public_url.clone().unwrap_or_else(|| derived_ws_url(&headers));
+    let firmware = match (&settings.ota.firmware_version, &settings.ota.firmware_url) {
+        (Some(version), Some(url)) => Some(Firmware { version: version.clone(), url: url.clone() }),
+        _ => None,
+    };
+    let activation = if settings.ota.activation && !record.activated {
+        app.devices.activation_code(&device_id).map(|code| Activation {
+            message: format!("Activation code {code}: approve it in the admin console"),
+            code,
+            challenge: Some(device_id.clone()),
+            timeout_ms: Some(30_000),
+        })
+    } else {
+        None
+    };
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Json(OtaResponse {
+        websocket: WebsocketInfo { url, token, version: settings.ota.protocol_version },
+        server_time: ServerTime { timestamp: now_ms, timezone_offset: settings.ota.timezone_offset_min },
+        firmware,
+        activation,
+    })
+    .into_response()
+}
+
+/// `POST /xiaozhi/ota/activate`: 200 once the device is activated, 202 while it waits.
+pub async fn activate(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let creds = Credentials::from_request(&headers, &query);
+    let Some(device_id) = creds.device_id else {
+        return error(StatusCode::BAD_REQUEST, "Device-Id header is required");
+    };
+    let activated = !app.settings.ota.activation || app.devices.get(&device_id).is_some_and(|d| d.activated);
+    if activated {
+        (StatusCode::OK, "success").into_response()
+    } else {
+        (StatusCode::ACCEPTED, "waiting for activation").into_response()
+    }
+}
+
+/// `ws://host/xiaozhi/v1/` from the request's Host (and `X-Forwarded-Proto` behind a proxy).
+fn derived_ws_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ']))
+        .unwrap_or("localhost:8000");
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    format!("{}://{host}{WS_PATH}", if secure { "wss" } else { "ws" })
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}

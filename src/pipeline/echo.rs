@@ -1,0 +1,30 @@
+//! The echo ("parrot") brain, the embedded default: a voice turn is answered with the user's
+//! own packets, a text turn with its text as the subtitle.
+
+use super::{BoxFuture, Pipeline, PipelineError, Reply, Turn, TurnInput};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EchoPipeline;
+
+impl Pipeline for EchoPipeline {
+    fn respond<'a>(&'a self, turn: Turn, reply: &'a mut Reply) -> BoxFuture<'a, Result<(), PipelineError>> {
+        Box::pin(async move {
+            match turn.input {
+                TurnInput::Voice(utterance) => {
+                    let label = format!("(echo, {:.1} s)", utterance.duration.as_secs_f32());
+                    reply.transcript(&label).await?;
+                    reply.start().await?;
+                    reply.sentence(&label).await?;
+                    for packet in utterance.packets {
+                        reply.audio(packet).await?;
+                    }
+                }
+                TurnInput::Text(text) => {
+                    reply.transcript(&text).await?;
+                    reply.sentence(&text).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}

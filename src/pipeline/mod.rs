@@ -1,0 +1,160 @@
+//! The conversation brain behind one interface. A session hands each finished user turn to
+//! [`Pipeline::respond`] together with a [`Reply`] to speak through; the pipeline sends the
+//! transcript, subtitles and Opus audio, and the session's writer paces the audio and sends
+//! `tts stop` after the last frame has played. Dropping the future cancels the turn.
+//!
+//! The embedded default is [`echo::EchoPipeline`], which answers with the user's own voice.
+
+pub mod echo;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use firmware_protocol::{ServerMessage, TtsState};
+use tokio::sync::mpsc;
+
+use crate::session::downlink::Downlink;
+
+/// What the user said.
+#[derive(Debug, Clone)]
+pub enum TurnInput {
+    /// An utterance: the Opus packets as they came over the wire.
+    Voice(Utterance),
+    /// Typed (or otherwise recognised) text, from `listen detect`.
+    Text(String),
+}
+
+/// The packets of one user utterance and how long it lasts.
+#[derive(Debug, Clone, Default)]
+pub struct Utterance {
+    pub packets: Vec<Bytes>,
+    pub duration: Duration,
+}
+
+/// One turn handed to the pipeline.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub device_id: Arc<str>,
+    pub session_id: Arc<str>,
+    pub input: TurnInput,
+}
+
+/// Why a turn could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("the session closed during the reply")]
+    SessionClosed,
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A conversation brain.
+pub trait Pipeline: Send + Sync + 'static {
+    /// Answers one turn through `reply`. Must stop promptly when the future is dropped.
+    fn respond<'a>(&'a self, turn: Turn, reply: &'a mut Reply) -> BoxFuture<'a, Result<(), PipelineError>>;
+}
+
+/// The mouth a pipeline speaks through. Audio goes to the session's writer, which paces it;
+/// sending waits when the writer is a few frames ahead, so a fast producer never piles up.
+pub struct Reply {
+    id: u64,
+    tx: mpsc::Sender<Downlink>,
+    /// The downlink frame duration announced in the hello; longer packets would overflow the
+    /// device's decoder buffer.
+    max_packet: Duration,
+    started: bool,
+    /// What has been handed to the writer, for the record of the turn.
+    sentences: Vec<String>,
+    audio: Vec<Bytes>,
+    audio_duration: Duration,
+}
+
+impl Reply {
+    pub fn new(id: u64, tx: mpsc::Sender<Downlink>, max_packet: Duration) -> Self {
+        Self {
+            id,
+            tx,
+            max_packet,
+            started: false,
+            sentences: Vec::new(),
+            audio: Vec::new(),
+            audio_duration: Duration::ZERO,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether `tts start` was sent (the session then owes the device a `tts stop`).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    pub fn sentences(&self) -> &[String] {
+        &self.sentences
+    }
+
+    pub fn audio_duration(&self) -> Duration {
+        self.audio_duration
+    }
+
+    async fn send(&self, d: Downlink) -> Result<(), PipelineError> {
+        self.tx.send(d).await.map_err(|_| PipelineError::SessionClosed)
+    }
+
+    async fn send_json(&self, m: &ServerMessage) -> Result<(), PipelineError> {
+        self.send(Downlink::Text(m.to_json())).await
+    }
+
+    /// Shows what the user said.
+    pub async fn transcript(&mut self, text: &str) -> Result<(), PipelineError> {
+        self.send_json(&ServerMessage::Stt { text: text.to_owned() }).await
+    }
+
+    /// Sets the device's face.
+    pub async fn emotion(&mut self, emotion: &str) -> Result<(), PipelineError> {
+        self.send_json(&ServerMessage::Llm { emotion: emotion.to_owned(), text: None }).await
+    }
+
+    /// Puts the device into Speaking (once per reply).
+    pub async fn start(&mut self) -> Result<(), PipelineError> {
+        if !self.started {
+            self.started = true;
+            self.send_json(&ServerMessage::tts(TtsState::Start)).await?;
+        }
+        Ok(())
+    }
+
+    /// Announces the sentence whose audio follows.
+    pub async fn sentence(&mut self, text: &str) -> Result<(), PipelineError> {
+        self.start().await?;
+        self.sentences.push(text.to_owned());
+        self.send_json(&ServerMessage::sentence(text)).await
+    }
+
+    /// Queues one Opus packet. Packets whose TOC is unreadable or that last longer than the
+    /// announced frame are skipped with a log line (the device could not decode them).
+    pub async fn audio(&mut self, packet: Bytes) -> Result<(), PipelineError> {
+        let duration = match firmware_protocol::opus::packet_duration_us(&packet) {
+            Ok(us) => Duration::from_micros(u64::from(us)),
+            Err(e) => {
+                tracing::debug!(error = %e, "reply packet skipped");
+                return Ok(());
+            }
+        };
+        if duration > self.max_packet {
+            tracing::debug!(?duration, "reply packet longer than the announced frame skipped");
+            return Ok(());
+        }
+        self.start().await?;
+        self.audio_duration += duration;
+        self.audio.push(packet.clone());
+        self.send(Downlink::Audio { reply: self.id, packet, duration }).await
+    }
+}

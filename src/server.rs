@@ -1,0 +1,165 @@
+//! The one HTTP listener: the WebSocket upgrade on any path a device is configured with, the
+//! OTA endpoints, and health. Authentication, the connection limit and the protocol version
+//! header are checked before the 101, so a refused device sees an HTTP status at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use firmware_protocol::ProtocolVersion;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{Any, CorsLayer};
+use tracing::{info, warn};
+
+use crate::auth::{Authenticator, Credentials};
+use crate::config::Settings;
+use crate::devices::DeviceRegistry;
+use crate::ota;
+use crate::pipeline::Pipeline;
+use crate::session::{self, registry::SessionRegistry};
+
+/// Everything the handlers and sessions share.
+pub struct AppState {
+    pub settings: Settings,
+    pub auth: Authenticator,
+    pub devices: DeviceRegistry,
+    pub sessions: SessionRegistry,
+    pub pipeline: Arc<dyn Pipeline>,
+    /// One permit per live device session: the connection limit.
+    pub connections: Arc<Semaphore>,
+    /// Cancelled when the process shuts down; sessions close with 1001.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, pipeline: Arc<dyn Pipeline>) -> Arc<Self> {
+        Arc::new(Self {
+            auth: Authenticator::new(&settings.auth),
+            connections: Arc::new(Semaphore::new(settings.session.max_connections)),
+            devices: DeviceRegistry::default(),
+            sessions: SessionRegistry::default(),
+            pipeline,
+            shutdown: CancellationToken::new(),
+            settings,
+        })
+    }
+}
+
+/// The application's routes.
+pub fn router(app: Arc<AppState>) -> Router {
+    // Browser test pages call OTA cross-origin with custom headers.
+    let cors =
+        CorsLayer::new().allow_origin(Any).allow_methods([Method::POST, Method::OPTIONS]).allow_headers(Any);
+    let ota_routes = Router::new()
+        .route("/xiaozhi/ota/", post(ota::check_version))
+        .route("/xiaozhi/ota", post(ota::check_version))
+        .route("/xiaozhi/ota/activate", post(ota::activate))
+        .layer(cors);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(ota_routes)
+        .fallback(upgrade)
+        .with_state(app)
+}
+
+/// A bound listener, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<AppState>,
+}
+
+impl Server {
+    /// Binds the configured address (port 0 picks a free one).
+    pub async fn bind(app: Arc<AppState>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(app.settings.listen).await?;
+        Ok(Self { listener, app })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the shutdown token is cancelled.
+    pub async fn serve(self) -> std::io::Result<()> {
+        let shutdown = self.app.shutdown.clone();
+        info!(addr = %self.listener.local_addr()?, "listening");
+        axum::serve(self.listener, router(self.app).into_make_service())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
+}
+
+/// Any path: a WebSocket upgrade becomes a device session; anything else is a 404 (426 on the
+/// conventional WebSocket path, to tell a curious browser what lives there).
+async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) if uri.path().starts_with(ota::WS_PATH.trim_end_matches('/')) => {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                "xiaozhi WebSocket endpoint: connect with a WebSocket client\n",
+            )
+                .into_response();
+        }
+        Err(_) => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let creds = Credentials::from_request(&headers, &query);
+    let Some(device_id) = creds.device_id.clone() else {
+        warn!(path = uri.path(), "upgrade without a device id refused");
+        return (StatusCode::BAD_REQUEST, "Device-Id header (or device-id query parameter) is required\n")
+            .into_response();
+    };
+    if let Err(e) = app.auth.check(&creds) {
+        warn!(device_id = %device_id, reason = %e, "connection refused");
+        return (e.status(), format!("{e}\n")).into_response();
+    }
+    let header_version = match headers.get("protocol-version").map(|v| v.to_str().map(str::trim)) {
+        None => None,
+        Some(Ok(v)) => match v
+            .parse::<u64>()
+            .map_err(|_| ())
+            .and_then(|n| ProtocolVersion::from_number(n).map_err(|_| ()))
+        {
+            Ok(v) => Some(v),
+            Err(()) => {
+                return (StatusCode::BAD_REQUEST, format!("Protocol-Version {v:?} is not 1, 2 or 3\n"))
+                    .into_response();
+            }
+        },
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "Protocol-Version is not text\n").into_response();
+        }
+    };
+    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        warn!(device_id = %device_id, "connection limit reached; refusing");
+        return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n").into_response();
+    };
+    let max = app.settings.session.max_message_bytes;
+    let conn = session::Connection {
+        app: app.clone(),
+        device_id,
+        client_id: creds.client_id,
+        session_id: uuid::Uuid::new_v4().to_string(),
+        header_version,
+        permit,
+    };
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| session::run(socket, conn))
+}

@@ -1,0 +1,146 @@
+//! The session's writer half: owns the socket's sink, sends JSON at once and paces reply audio
+//! in real time (a small prebuffer ahead of the device's playback clock, never a burst that
+//! overflows its 40-packet decode queue). `tts stop` goes out when the last frame has played.
+//! A cancelled reply's queued frames are dropped without being sent.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use firmware_protocol::frame::{self, ProtocolVersion};
+use firmware_protocol::{ServerMessage, TtsState};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+
+/// What the session (or a reply it runs) asks the writer to do.
+#[derive(Debug)]
+pub enum Downlink {
+    /// A JSON message, sent as soon as everything before it was sent.
+    Text(String),
+    /// One Opus packet of reply `reply`, lasting `duration`.
+    Audio { reply: u64, packet: Bytes, duration: Duration },
+    /// Reply `reply` has no more audio: send `tts stop` once it has played, then report back.
+    EndOfReply { reply: u64 },
+    /// Send a Close frame and stop.
+    Close { code: u16, reason: &'static str },
+}
+
+/// What the writer tells the session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriterEvent {
+    /// The device has played reply `reply` to its end and was sent `tts stop`.
+    PlaybackDone { reply: u64 },
+    /// The socket refused a write; the session should end.
+    SocketFailed,
+}
+
+/// Counters the writer keeps for its session.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DownlinkStats {
+    pub frames: u64,
+    pub bytes: u64,
+    /// Frames sent more than [`LATE_THRESHOLD`] after their due time.
+    pub late_frames: u64,
+}
+
+/// A frame sent later than this after its due time counts as late.
+pub const LATE_THRESHOLD: Duration = Duration::from_millis(20);
+
+/// Pacing parameters for one connection.
+pub struct Pacing {
+    pub version: ProtocolVersion,
+    /// How far ahead of the device's playback clock frames may be sent.
+    pub prebuffer: Duration,
+}
+
+/// Runs the writer until the channel closes, a Close is sent, or the socket fails.
+pub async fn run(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Downlink>,
+    mut cancelled: watch::Receiver<u64>,
+    events: mpsc::UnboundedSender<WriterEvent>,
+    pacing: Pacing,
+) -> DownlinkStats {
+    let started = Instant::now();
+    let mut stats = DownlinkStats::default();
+    let mut current_reply = 0u64;
+    // When the device will have played everything sent so far.
+    let mut play_end = Instant::now();
+    let is_cancelled = |rx: &watch::Receiver<u64>, reply: u64| reply <= *rx.borrow();
+
+    while let Some(cmd) = rx.recv().await {
+        let result = match cmd {
+            Downlink::Text(text) => sink.send(Message::Text(text.into())).await,
+            Downlink::Audio { reply, packet, duration } => {
+                if is_cancelled(&cancelled, reply) {
+                    continue;
+                }
+                let now = Instant::now();
+                if reply != current_reply || play_end < now {
+                    // A new reply, or the producer fell behind: the clock restarts now.
+                    current_reply = reply;
+                    play_end = play_end.max(now);
+                }
+                let due = play_end.checked_sub(pacing.prebuffer).unwrap_or(play_end);
+                if due > now && !wait_until(due, &mut cancelled, reply).await {
+                    continue;
+                }
+                let ts = play_end.duration_since(started).as_millis() as u32;
+                let data = match pacing.version {
+                    ProtocolVersion::V1 => packet,
+                    v => match frame::encode(v, ts, &packet) {
+                        Ok(b) => Bytes::from(b),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reply packet dropped");
+                            continue;
+                        }
+                    },
+                };
+                stats.frames += 1;
+                stats.bytes += data.len() as u64;
+                if Instant::now().saturating_duration_since(due) > LATE_THRESHOLD {
+                    stats.late_frames += 1;
+                }
+                play_end += duration;
+                sink.send(Message::Binary(data)).await
+            }
+            Downlink::EndOfReply { reply } => {
+                let mut sent = Ok(());
+                if !is_cancelled(&cancelled, reply) && wait_until(play_end, &mut cancelled, reply).await {
+                    sent =
+                        sink.send(Message::Text(ServerMessage::tts(TtsState::Stop).to_json().into())).await;
+                }
+                let _ = events.send(WriterEvent::PlaybackDone { reply });
+                sent
+            }
+            Downlink::Close { code, reason } => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                let _ = sink.flush().await;
+                break;
+            }
+        };
+        if result.is_err() {
+            let _ = events.send(WriterEvent::SocketFailed);
+            break;
+        }
+    }
+    stats
+}
+
+/// Sleeps until `at`; returns false early if reply `reply` is cancelled meanwhile.
+async fn wait_until(at: Instant, cancelled: &mut watch::Receiver<u64>, reply: u64) -> bool {
+    let sleep = sleep_until(at);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            changed = cancelled.changed() => {
+                if changed.is_err() || reply <= *cancelled.borrow() {
+                    return false;
+                }
+            }
+        }
+    }
+}

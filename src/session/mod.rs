@@ -1,0 +1,511 @@
+//! One device connection: a reader task (this module) that runs the handshake and the
+//! turn-taking state machine, and a writer task ([`downlink`]) that owns the socket's sink
+//! and paces reply audio. Replies run as their own task so the reader keeps listening (for
+//! `abort`, barge-in and the next turn) while the device is spoken to.
+//!
+//! A session never awaits another session, a database or an upload; what it hands off goes
+//! over bounded channels. Everything a device can send has a defined outcome: ignored with a
+//! log line, answered, or a close with a code.
+
+pub mod downlink;
+pub mod registry;
+pub mod turn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use firmware_protocol::frame::{self, ProtocolVersion};
+use firmware_protocol::{
+    AudioParams, ClientHello, ClientMessage, ListenMessage, ListenMode, ListenState, ServerHello,
+    ServerMessage, TtsState,
+};
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::devices::Sighting;
+use crate::pipeline::{Reply, Turn, TurnInput};
+use crate::server::AppState;
+use downlink::{Downlink, Pacing, WriterEvent};
+use registry::SessionEntry;
+use turn::{TurnBuffer, TurnEvent};
+
+/// Close codes the gateway uses.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    /// A newer connection from the same device took over.
+    pub const REPLACED: u16 = 4000;
+}
+
+/// The downlink frame duration the gateway announces and paces by.
+pub const DOWNLINK_FRAME_MS: u32 = 60;
+/// Commands the writer may hold before a producer waits (a few frames of audio).
+const DOWNLINK_QUEUE: usize = 8;
+/// How long to wait for the writer to flush a Close before dropping the connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What the upgrade handler learned about the connection.
+pub struct Connection {
+    pub app: Arc<AppState>,
+    pub device_id: String,
+    pub client_id: Option<String>,
+    pub session_id: String,
+    /// From the `Protocol-Version` header, when the client sent one.
+    pub header_version: Option<ProtocolVersion>,
+    /// Held for the session's lifetime: the connection limit.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Runs a session to its end. Never panics on anything the peer sends.
+pub async fn run(socket: WebSocket, conn: Connection) {
+    let span = tracing::info_span!("session", device_id = %conn.device_id, session_id = %conn.session_id);
+    run_inner(socket, conn).instrument(span).await
+}
+
+async fn run_inner(socket: WebSocket, conn: Connection) {
+    let app = conn.app.clone();
+    let (mut sink, mut stream) = socket.split();
+
+    let hello = match timeout(app.settings.session.hello_timeout(), wait_for_hello(&mut stream)).await {
+        Ok(Some(hello)) => hello,
+        Ok(None) => {
+            info!("connection ended before hello");
+            return;
+        }
+        Err(_) => {
+            warn!("no hello within {:?}; closing", app.settings.session.hello_timeout());
+            let frame = CloseFrame { code: close::POLICY, reason: "hello timeout".into() };
+            let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+            return;
+        }
+    };
+
+    let version = match conn.header_version {
+        Some(v) => Ok(v),
+        None => ProtocolVersion::from_number(hello.version.unwrap_or(1)),
+    };
+    let version = match version {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error = %e, "unsupported protocol version in hello; closing");
+            let frame =
+                CloseFrame { code: close::PROTOCOL_ERROR, reason: "unsupported protocol version".into() };
+            let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+            return;
+        }
+    };
+    let downlink_params = AudioParams::opus(app.settings.session.downlink_sample_rate, DOWNLINK_FRAME_MS);
+    let server_hello = ServerMessage::Hello(ServerHello {
+        transport: "websocket".into(),
+        session_id: conn.session_id.clone(),
+        audio_params: downlink_params,
+        version: Some(version.number()),
+    });
+    if sink.send(Message::Text(server_hello.to_json().into())).await.is_err() {
+        info!("connection ended during hello");
+        return;
+    }
+    app.devices
+        .seen(&conn.device_id, Sighting { client_id: conn.client_id.as_deref(), ..Sighting::default() });
+    info!(
+        protocol_version = version.number(),
+        mcp = hello.has_mcp(),
+        uplink = ?hello.audio_params.as_ref().map(|p| (p.sample_rate, p.frame_duration)),
+        "session started"
+    );
+
+    let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
+    let (cancel_tx, cancel_rx) = watch::channel(0u64);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let pacing = Pacing {
+        version,
+        prebuffer: Duration::from_millis(
+            u64::from(app.settings.session.prebuffer_frames) * u64::from(DOWNLINK_FRAME_MS),
+        ),
+    };
+    let writer =
+        tokio::spawn(downlink::run(sink, rx, cancel_rx, events_tx.clone(), pacing).in_current_span());
+
+    let entry = SessionEntry { session_id: conn.session_id.clone(), replaced: Default::default() };
+    let replaced = entry.replaced.clone();
+    app.sessions.register(&conn.device_id, entry);
+
+    let settings = &app.settings.session;
+    let mut session = Session {
+        device_id: conn.device_id.clone().into(),
+        session_id: conn.session_id.clone().into(),
+        version,
+        listening: None,
+        buffer: TurnBuffer::new(
+            Duration::from_secs(settings.max_utterance_secs),
+            settings.vad_threshold,
+            settings.vad_silence(),
+        ),
+        reply: None,
+        next_reply: 1,
+        last_activity: Instant::now(),
+        tx,
+        cancel_tx,
+        events_tx,
+        app: app.clone(),
+        _permit: conn.permit,
+    };
+    let end = session.run(&mut stream, events_rx, replaced).await;
+    session.finish(end, writer).await;
+    app.sessions.unregister(&conn.device_id, &conn.session_id);
+}
+
+/// Reads until a hello arrives; anything before it is logged and ignored.
+async fn wait_for_hello(stream: &mut SplitStream<WebSocket>) -> Option<ClientHello> {
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(Message::Text(text)) => match ClientMessage::parse(&text) {
+                Ok(ClientMessage::Hello(h)) => return Some(h),
+                Ok(other) => debug!(?other, "message before hello ignored"),
+                Err(e) => warn!(error = %e, "malformed message before hello ignored"),
+            },
+            Ok(Message::Binary(b)) => debug!(len = b.len(), "audio before hello ignored"),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+        }
+    }
+    None
+}
+
+/// Why the session loop ended.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or dropped the connection.
+    PeerGone,
+    /// We close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The reply being spoken.
+struct ActiveReply {
+    id: u64,
+    task: JoinHandle<()>,
+}
+
+struct Session {
+    device_id: Arc<str>,
+    session_id: Arc<str>,
+    version: ProtocolVersion,
+    /// `Some(mode)` between `listen start` and the end of the user's turn.
+    listening: Option<ListenMode>,
+    buffer: TurnBuffer,
+    reply: Option<ActiveReply>,
+    next_reply: u64,
+    /// Last user speech, text turn or reply: the idle timeout counts from here.
+    last_activity: Instant,
+    tx: mpsc::Sender<Downlink>,
+    /// Replies with an id up to this value are cancelled (the writer drops their frames).
+    cancel_tx: watch::Sender<u64>,
+    events_tx: mpsc::UnboundedSender<WriterEvent>,
+    app: Arc<AppState>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        mut events: mpsc::UnboundedReceiver<WriterEvent>,
+        replaced: tokio_util::sync::CancellationToken,
+    ) -> End {
+        let idle = self.app.settings.session.idle_timeout();
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            let idle_deadline = self.last_activity + idle;
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(end) = self.on_text(&text).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(Message::Binary(data))) => self.on_binary(data).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        debug!(?frame, "peer closed");
+                        return End::PeerGone;
+                    }
+                    Some(Err(e)) => return read_error(e),
+                    None => return End::PeerGone,
+                },
+                Some(event) = events.recv() => match event {
+                    WriterEvent::PlaybackDone { reply } => self.on_playback_done(reply),
+                    WriterEvent::SocketFailed => return End::PeerGone,
+                },
+                _ = sleep_until(idle_deadline), if self.reply.is_none() => {
+                    info!("no speech for {idle:?}; closing");
+                    return End::Close(close::NORMAL, "idle timeout");
+                }
+                _ = replaced.cancelled() => {
+                    info!("replaced by a newer connection from the same device");
+                    return End::Close(close::REPLACED, "replaced by a newer connection");
+                }
+                _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<End> {
+        let msg = match ClientMessage::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "text message ignored");
+                return None;
+            }
+        };
+        match msg {
+            ClientMessage::Listen(l) => self.on_listen(l).await,
+            ClientMessage::Abort(a) => {
+                info!(reason = a.reason.as_deref().unwrap_or("-"), "abort");
+                self.interrupt().await;
+            }
+            ClientMessage::Hello(_) => {
+                // A repeated hello is answered again; it may not change the protocol version.
+                let hello = ServerMessage::Hello(ServerHello {
+                    transport: "websocket".into(),
+                    session_id: self.session_id.to_string(),
+                    audio_params: AudioParams::opus(
+                        self.app.settings.session.downlink_sample_rate,
+                        DOWNLINK_FRAME_MS,
+                    ),
+                    version: Some(self.version.number()),
+                });
+                self.send_json(&hello).await;
+            }
+            ClientMessage::Mcp { payload, .. } => debug!(%payload, "MCP message from device"),
+            ClientMessage::Iot(body) => {
+                debug!(keys = ?body.keys().collect::<Vec<_>>(), "legacy IoT message")
+            }
+            ClientMessage::Goodbye { .. } => return Some(End::Close(close::NORMAL, "goodbye")),
+        }
+        None
+    }
+
+    async fn on_listen(&mut self, l: ListenMessage) {
+        match l.state {
+            ListenState::Start => {
+                let mode = l.mode.unwrap_or_default();
+                if self.reply.is_some() && mode != ListenMode::Realtime {
+                    // The device is listening again, so whatever we were saying is moot.
+                    self.interrupt().await;
+                }
+                debug!(?mode, "listen start");
+                self.listening = Some(mode);
+                self.buffer.reset();
+            }
+            ListenState::Stop => {
+                debug!("listen stop");
+                self.listening = None;
+                if !self.buffer.is_empty() {
+                    self.end_voice_turn();
+                }
+            }
+            ListenState::Detect => {
+                let text = l.text.unwrap_or_default();
+                let text = text.trim();
+                if text.is_empty() {
+                    debug!("listen detect without text ignored");
+                } else if self.is_wake_word(text) {
+                    info!(wake_word = text, "wake word");
+                    self.buffer.reset();
+                    self.last_activity = Instant::now();
+                } else {
+                    info!(chars = text.chars().count(), "text turn");
+                    self.buffer.reset();
+                    self.start_reply(TurnInput::Text(text.to_owned())).await;
+                }
+            }
+        }
+    }
+
+    fn is_wake_word(&self, text: &str) -> bool {
+        self.app.settings.session.wake_words.iter().any(|w| w.eq_ignore_ascii_case(text))
+    }
+
+    async fn on_binary(&mut self, data: Bytes) {
+        let payload = match frame::decode(self.version, &data) {
+            Ok(f) if f.payload.is_empty() => {
+                debug!("0-byte audio message ignored");
+                return;
+            }
+            Ok(f) => data.slice_ref(f.payload),
+            Err(e) => {
+                warn!(error = %e, "binary message dropped");
+                return;
+            }
+        };
+        let Some(mode) = self.listening else {
+            // Idle: e.g. the wake-word pre-roll burst before `listen detect`.
+            return;
+        };
+        let duration = match firmware_protocol::opus::packet_duration_us(&payload) {
+            Ok(us) => Duration::from_micros(u64::from(us)),
+            Err(e) => {
+                debug!(error = %e, "uplink packet with unreadable TOC dropped");
+                return;
+            }
+        };
+        if self.reply.is_some() && mode != ListenMode::Realtime {
+            // Half duplex: what the microphone hears while we speak is not a turn.
+            return;
+        }
+        let event = match mode {
+            ListenMode::Manual => self.buffer.push_raw(payload, duration),
+            ListenMode::Auto | ListenMode::Realtime => self.buffer.push_detect(payload, duration),
+        };
+        match event {
+            TurnEvent::None => {}
+            TurnEvent::SpeechStarted => {
+                self.last_activity = Instant::now();
+                if self.reply.is_some() {
+                    info!("barge-in: user spoke during the reply");
+                    self.interrupt_keeping_audio().await;
+                }
+            }
+            TurnEvent::Complete => {
+                if mode == ListenMode::Manual {
+                    warn!("push-to-talk turn reached the length cap; answering what was heard");
+                }
+                // Audio that arrives until the device hears `tts start` is dropped above
+                // (half duplex) or, in realtime mode, may barge in.
+                self.end_voice_turn();
+            }
+        }
+    }
+
+    /// Hands the buffered utterance to the pipeline.
+    fn end_voice_turn(&mut self) {
+        let utterance = self.buffer.take();
+        if utterance.packets.is_empty() {
+            return;
+        }
+        info!(
+            duration_ms = utterance.duration.as_millis() as u64,
+            packets = utterance.packets.len(),
+            "user turn"
+        );
+        self.last_activity = Instant::now();
+        self.spawn_reply(TurnInput::Voice(utterance));
+    }
+
+    async fn start_reply(&mut self, input: TurnInput) {
+        if self.reply.is_some() {
+            self.interrupt().await;
+        }
+        self.last_activity = Instant::now();
+        self.spawn_reply(input);
+    }
+
+    fn spawn_reply(&mut self, input: TurnInput) {
+        let id = self.next_reply;
+        self.next_reply += 1;
+        let turn = Turn { device_id: self.device_id.clone(), session_id: self.session_id.clone(), input };
+        let pipeline = self.app.pipeline.clone();
+        let tx = self.tx.clone();
+        let events = self.events_tx.clone();
+        let max_packet = Duration::from_millis(u64::from(DOWNLINK_FRAME_MS));
+        let task = tokio::spawn(
+            async move {
+                let mut reply = Reply::new(id, tx.clone(), max_packet);
+                if let Err(e) = pipeline.respond(turn, &mut reply).await {
+                    warn!(error = %e, "reply failed");
+                }
+                if reply.started() {
+                    let _ = tx.send(Downlink::EndOfReply { reply: id }).await;
+                } else {
+                    let _ = events.send(WriterEvent::PlaybackDone { reply: id });
+                }
+            }
+            .in_current_span(),
+        );
+        self.reply = Some(ActiveReply { id, task });
+    }
+
+    fn on_playback_done(&mut self, reply: u64) {
+        if self.reply.as_ref().is_some_and(|r| r.id == reply) {
+            self.reply = None;
+            self.last_activity = Instant::now();
+            if self.listening == Some(ListenMode::Manual) {
+                self.listening = None;
+            }
+        }
+    }
+
+    /// Stops the current reply at once (if any) and tells the device `tts stop`. Always
+    /// answers: the device waits in Speaking for that `tts stop` after an abort.
+    async fn interrupt(&mut self) {
+        self.cancel_reply();
+        self.buffer.reset();
+        self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
+    }
+
+    /// Barge-in: like [`Self::interrupt`] but the user's new speech stays buffered.
+    async fn interrupt_keeping_audio(&mut self) {
+        self.cancel_reply();
+        self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
+    }
+
+    fn cancel_reply(&mut self) {
+        if let Some(r) = self.reply.take() {
+            r.task.abort();
+            self.cancel_tx.send_replace(r.id);
+        }
+    }
+
+    async fn send_json(&mut self, m: &ServerMessage) {
+        let _ = self.tx.send(Downlink::Text(m.to_json())).await;
+    }
+
+    async fn finish(mut self, end: End, writer: JoinHandle<downlink::DownlinkStats>) {
+        self.cancel_reply();
+        match end {
+            End::PeerGone => info!("device disconnected"),
+            End::Close(code, reason) => {
+                info!(code, reason, "closing session");
+                let _ = timeout(CLOSE_GRACE, self.tx.send(Downlink::Close { code, reason })).await;
+            }
+        }
+        let Session { tx, events_tx, .. } = self;
+        drop(tx);
+        drop(events_tx);
+        match timeout(CLOSE_GRACE, writer).await {
+            Ok(Ok(stats)) => {
+                info!(
+                    frames_out = stats.frames,
+                    bytes_out = stats.bytes,
+                    late_frames = stats.late_frames,
+                    "session ended"
+                )
+            }
+            _ => debug!("writer did not finish in time"),
+        }
+    }
+}
+
+fn read_error(e: axum::Error) -> End {
+    let too_big = e
+        .into_inner()
+        .downcast::<tungstenite::Error>()
+        .map(|e| matches!(*e, tungstenite::Error::Capacity(_)))
+        .unwrap_or(false);
+    if too_big {
+        warn!("message over the size limit; closing");
+        End::Close(close::TOO_BIG, "message too big")
+    } else {
+        End::PeerGone
+    }
+}

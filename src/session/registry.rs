@@ -1,0 +1,45 @@
+//! Live sessions by device: a device that reconnects replaces its previous session, which is
+//! told to close. Later, server-initiated speech and device tools reach sessions through here.
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+/// How to reach one live session.
+#[derive(Clone)]
+pub struct SessionEntry {
+    pub session_id: String,
+    /// Cancelled when a newer connection from the same device takes over.
+    pub replaced: CancellationToken,
+}
+
+/// All live sessions of this process, one per device.
+#[derive(Default)]
+pub struct SessionRegistry {
+    by_device: DashMap<String, SessionEntry>,
+}
+
+impl SessionRegistry {
+    /// Registers a session; the device's previous session (if any) is told to close.
+    pub fn register(&self, device_id: &str, entry: SessionEntry) {
+        if let Some(old) = self.by_device.insert(device_id.to_owned(), entry) {
+            old.replaced.cancel();
+        }
+    }
+
+    /// Removes the entry if it still belongs to `session_id`.
+    pub fn unregister(&self, device_id: &str, session_id: &str) {
+        self.by_device.remove_if(device_id, |_, e| e.session_id == session_id);
+    }
+
+    pub fn get(&self, device_id: &str) -> Option<SessionEntry> {
+        self.by_device.get(device_id).map(|e| e.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_device.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_device.is_empty()
+    }
+}
