@@ -64,6 +64,7 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 pip_quiet=(--disable-pip-version-check --no-input -q)
+export PIP_ROOT_USER_ACTION=ignore   # older pips ignore unknown env vars
 
 # --- preferred: a virtualenv -------------------------------------------------
 venv_ok=0

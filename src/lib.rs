@@ -11,12 +11,14 @@
 //! * [`audio`]: Opus decoding and voice activity detection for the uplink.
 //! * [`pipeline`]: the conversation brain behind one [`pipeline::Pipeline`] interface; the
 //!   echo ("parrot") brain is the embedded default.
+//! * [`client`]: a simulated device (tests and the load generator).
 //! * [`telemetry`]: the tracing subscriber.
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
 
 pub mod audio;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod devices;
 pub mod ota;

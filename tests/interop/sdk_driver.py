@@ -58,7 +58,6 @@ class SdkLogCapture(logging.Handler):
         super().__init__(level=logging.WARNING)
         self.records: List[str] = []
         self.decode_errors = 0
-        self.hello_errors = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -209,6 +208,14 @@ def bypass_proxy_for(url: str) -> None:
         os.environ[var] = ",".join(items)
 
 
+def close_info(client: Any) -> str:
+    ws = getattr(client, "websocket", None)
+    code = getattr(ws, "close_code", None) if ws is not None else None
+    if code is None:
+        return ""
+    return f" (close code {code}, reason {getattr(ws, 'close_reason', '')!r})"
+
+
 def rebuild_hello(client: Any) -> Optional[Dict[str, Any]]:
     """The SDK keeps no copy of the server hello; rebuild what it took from it."""
     if not client.hello_received.is_set():
@@ -268,8 +275,16 @@ async def run_turn(args: argparse.Namespace, result: Dict[str, Any], logcap: Sdk
 
     result["_obs"] = obs
     result["_client"] = client
+    init = asyncio.ensure_future(client.init_connection(args.device_id))
+    closed = asyncio.ensure_future(obs.done.wait())
     try:
-        connected = await client.init_connection(args.device_id)
+        await asyncio.wait({init, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if not init.done():
+            # The socket closed while the SDK still waits (up to 10 s) for a hello.
+            init.cancel()
+            raise RuntimeError("connection closed by the server before the hello exchange finished"
+                               + close_info(client))
+        connected = init.result()
     except KeyError as exc:
         raise RuntimeError(f"init_connection raised KeyError {exc} (OTA reply without websocket.token?)") from exc
     except asyncio.TimeoutError as exc:
@@ -277,6 +292,8 @@ async def run_turn(args: argparse.Namespace, result: Dict[str, Any], logcap: Sdk
             "no usable server hello within 10 s (the SDK needs hello.audio_params with "
             "sample_rate/channels/frame_duration)"
         ) from exc
+    finally:
+        closed.cancel()
     result["hello"] = rebuild_hello(client)
     if not connected:
         raise RuntimeError("init_connection returned False (WebSocket connect failed; see sdk.log)")
@@ -337,6 +354,7 @@ async def run_turn(args: argparse.Namespace, result: Dict[str, Any], logcap: Sdk
 def finish(result: Dict[str, Any], logcap: SdkLogCapture) -> None:
     obs: Optional[Observer] = result.pop("_obs", None)
     result.pop("_client", None)
+    close_extra = result.pop("_close_info", "")
     if obs is not None:
         obs.drain_audio()
         result["messages"] = obs.messages
@@ -349,9 +367,13 @@ def finish(result: Dict[str, Any], logcap: SdkLogCapture) -> None:
         result["audio_decoded_samples"] = obs.audio_samples
         result["closed_early"] = obs.closed
         ok, reason = obs.evaluate()
+        if obs.closed and not ok:
+            reason = "connection closed by the server before the turn completed" + close_extra
     else:
         ok, reason = False, None
     result["sdk"]["audio_decode_errors"] = logcap.decode_errors
+    if reason and reason.startswith("tts stop arrived without") and logcap.decode_errors:
+        reason += f" ({logcap.decode_errors} packet(s) rejected by the SDK decoder: longer than the announced frame?)"
     result["sdk"]["log"] = logcap.records
     if result["hello"] is None:
         ok = False
@@ -364,6 +386,15 @@ def finish(result: Dict[str, Any], logcap: SdkLogCapture) -> None:
 
 
 async def amain(args: argparse.Namespace, result: Dict[str, Any], logcap: SdkLogCapture) -> None:
+    def on_loop_error(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+        # e.g. the SDK's receive task ending with ConnectionClosedError that
+        # nobody retrieves: keep it in the report instead of on stderr.
+        exc = context.get("exception")
+        logcap.records.append(f"LOOP: {context.get('message')}: {exc!r}" if exc else f"LOOP: {context.get('message')}")
+        if args.verbose:
+            loop.default_exception_handler(context)
+
+    asyncio.get_running_loop().set_exception_handler(on_loop_error)
     try:
         await asyncio.wait_for(run_turn(args, result, logcap), timeout=args.timeout)
     except asyncio.TimeoutError:
@@ -380,6 +411,8 @@ async def amain(args: argparse.Namespace, result: Dict[str, Any], logcap: SdkLog
             obs = result.get("_obs")
             if obs is not None:
                 obs.drain_audio()
+                if obs.closed:
+                    result["_close_info"] = close_info(client)
                 obs.closing = True
             try:
                 await asyncio.wait_for(client.close(), timeout=3)
