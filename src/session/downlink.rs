@@ -68,6 +68,8 @@ pub async fn run(
     let mut current_reply = 0u64;
     // When the device will have played everything sent so far.
     let mut play_end = Instant::now();
+    // When the playback clock last (re)started: nothing is due before it.
+    let mut clock_origin = play_end;
     let is_cancelled = |rx: &watch::Receiver<u64>, reply: u64| reply <= *rx.borrow();
 
     while let Some(cmd) = rx.recv().await {
@@ -81,9 +83,12 @@ pub async fn run(
                 if reply != current_reply || play_end < now {
                     // A new reply, or the producer fell behind: the clock restarts now.
                     current_reply = reply;
-                    play_end = play_end.max(now);
+                    if play_end < now {
+                        play_end = now;
+                        clock_origin = now;
+                    }
                 }
-                let due = play_end.checked_sub(pacing.prebuffer).unwrap_or(play_end);
+                let due = play_end.checked_sub(pacing.prebuffer).unwrap_or(play_end).max(clock_origin);
                 if due > now && !wait_until(due, &mut cancelled, reply).await {
                     continue;
                 }

@@ -2,4 +2,5 @@
 //! One binary for every integration test (faster to build than one per file).
 
 mod helpers;
+mod interop;
 mod turns;
