@@ -1,6 +1,8 @@
 //! Integration tests: a real gateway on a random port, driven by real clients.
 //! One binary for every integration test (faster to build than one per file).
 
+mod bad_input;
 mod helpers;
 mod interop;
+mod ota_auth;
 mod turns;
