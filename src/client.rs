@@ -154,14 +154,13 @@ impl DeviceClient {
         let hello = cfg.hello.clone().unwrap_or_else(|| ClientHello::firmware(cfg.version.number()));
         sink.send(Message::Text(ClientMessage::Hello(hello).to_json().into())).await?;
         let mut rx = DeviceReceiver { stream, version: cfg.version };
-        let server_hello = loop {
-            match tokio::time::timeout(Duration::from_secs(10), rx.next_event()).await {
-                Err(_) => return Err(ClientError::Timeout("server hello")),
-                Ok(Ok(Event::Json(ServerMessage::Hello(h)))) => break h,
-                Ok(Ok(Event::Closed(c))) => return Err(ClientError::Closed(c)),
-                Ok(Ok(other)) => return Err(ClientError::Protocol(format!("{other:?} before hello"))),
-                Ok(Err(e)) => return Err(e),
-            }
+        // Firmware waits 10 s for the server hello, and nothing may come before it.
+        let server_hello = match tokio::time::timeout(Duration::from_secs(10), rx.next_event()).await {
+            Err(_) => return Err(ClientError::Timeout("server hello")),
+            Ok(Ok(Event::Json(ServerMessage::Hello(h)))) => h,
+            Ok(Ok(Event::Closed(c))) => return Err(ClientError::Closed(c)),
+            Ok(Ok(other)) => return Err(ClientError::Protocol(format!("{other:?} before hello"))),
+            Ok(Err(e)) => return Err(e),
         };
         if server_hello.transport != "websocket" {
             return Err(ClientError::Protocol(format!("hello transport {:?}", server_hello.transport)));

@@ -48,9 +48,11 @@ pub async fn spawn_app() -> TestApp {
 /// A gateway whose settings the test adjusts first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::default();
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    settings.data_dir = data.path().to_owned();
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.path().to_owned(),
+        ..Settings::default()
+    };
     settings.session.vad_silence_ms = 400;
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
