@@ -1,0 +1,12 @@
+//! Real services for tests and benchmarks, started by the test process itself:
+//! * [`pg`]: throwaway PostgreSQL 15 clusters (or the server named by `DATABASE_URL`), one
+//!   fresh database per test;
+//!
+//! Child servers get `PR_SET_PDEATHSIG`, so they die with the thread that started them even
+//! when the test process is killed; the process-wide ones are started from a thread that
+//! lives as long as the process.
+
+pub mod pg;
+mod process;
+
+pub use process::free_port;
