@@ -12,6 +12,7 @@
 //! * [`pipeline`]: the conversation brain behind one [`pipeline::Pipeline`] interface; the
 //!   echo ("parrot") brain is the embedded default.
 //! * [`client`]: a simulated device (tests and the load generator).
+//! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
 //! * [`telemetry`]: the tracing subscriber.
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
@@ -25,4 +26,5 @@ pub mod ota;
 pub mod pipeline;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod telemetry;

@@ -199,7 +199,10 @@ mod tests {
     fn database_names_are_replaced() {
         assert_eq!(super::replace_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
         assert_eq!(super::replace_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
-        assert_eq!(super::replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            super::replace_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
     }
 }
 

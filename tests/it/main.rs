@@ -5,4 +5,5 @@ mod bad_input;
 mod helpers;
 mod interop;
 mod ota_auth;
+mod store_suite;
 mod turns;
