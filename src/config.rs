@@ -61,6 +61,11 @@ settings_table! {
     "DB_PASSWORD" => "database.password", "", "PostgreSQL password.";
     "DB_NAME" => "database.name", "xiaozhi_admin", "PostgreSQL database name.";
     "DB_SSL_MODE" => "database.ssl_mode", "disable", "PostgreSQL TLS: disable, require, verify-ca or verify-full.";
+    "XIAOZHI_DB_MAX_CONNECTIONS" => "database.max_connections", "10", "Database connection pool size.";
+    "XIAOZHI_DB_ACQUIRE_TIMEOUT_MS" => "database.acquire_timeout_ms", "5000", "How long a query waits for a pool connection before it counts as a database failure.";
+    "XIAOZHI_STORE_QUEUE" => "database.queue_capacity", "4096", "Store writes (turns, session ends) held in memory; beyond it they spill to disk under the data dir.";
+    "XIAOZHI_STORE_QUEUE_MB" => "database.queue_mb", "64", "Memory budget of that queue (clip audio mostly), in MiB.";
+    "XIAOZHI_MESSAGE_RETENTION_DAYS" => "database.message_retention_days", "0", "Delete messages and clips older than this many days (0: keep forever).";
     "MINIO_ENDPOINT" => "storage.endpoint", "", "MinIO/S3 endpoint (host:port). Empty: clips go to a directory under the data dir.";
     "MINIO_ACCESS_KEY" => "storage.access_key", "", "S3 access key.";
     "MINIO_SECRET_KEY" => "storage.secret_key", "", "S3 secret key.";
@@ -201,6 +206,11 @@ pub struct DatabaseSettings {
     pub name: String,
     #[serde(deserialize_with = "lenient_string")]
     pub ssl_mode: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub queue_capacity: usize,
+    pub queue_mb: usize,
+    pub message_retention_days: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -214,6 +224,11 @@ impl Default for DatabaseSettings {
             password: String::new(),
             name: "xiaozhi_admin".into(),
             ssl_mode: "disable".into(),
+            max_connections: 10,
+            acquire_timeout_ms: 5000,
+            queue_capacity: 4096,
+            queue_mb: 64,
+            message_retention_days: 0,
         }
     }
 }
@@ -365,6 +380,15 @@ impl Settings {
         }
         if self.auth.tokens.iter().any(|t| t.contains(char::is_whitespace)) {
             return invalid("auth.tokens", "tokens must not contain spaces".into());
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1".into());
+        }
+        if self.database.queue_capacity == 0 || self.database.queue_mb == 0 {
+            return invalid(
+                "database.queue_capacity",
+                "the store queue needs room for at least one write".into(),
+            );
         }
         if !["disable", "require", "verify-ca", "verify-full"].contains(&self.database.ssl_mode.as_str()) {
             return invalid(

@@ -30,6 +30,8 @@ enum Command {
     },
     /// Print every setting with its environment name, default and meaning (Markdown).
     Config,
+    /// Apply database migrations and exit.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,32 @@ fn main() -> ExitCode {
         Command::Config => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS
+        }
+        Command::Migrate => {
+            let settings = match Settings::load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("xiaozhi-gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            xiaozhi_gateway::telemetry::init(settings.log_format);
+            let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(async {
+                    std::fs::create_dir_all(&settings.data_dir)?;
+                    let store = xiaozhi_gateway::server::open_store(&settings).await?;
+                    let version = store.applied_version().await?;
+                    println!("database schema at version {version} ({:?})", store.kind());
+                    anyhow::Ok(())
+                })
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xiaozhi-gateway: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve { listen } => {
             let mut settings = match Settings::load(cli.config.as_deref()) {
@@ -72,10 +100,8 @@ fn main() -> ExitCode {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     use anyhow::Context;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
     let listen = settings.listen;
-    let app = AppState::new(settings, Arc::new(EchoPipeline));
+    let app = AppState::start(settings, Arc::new(EchoPipeline)).await?;
     let server = Server::bind(app.clone()).await.with_context(|| format!("cannot listen on {listen}"))?;
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {

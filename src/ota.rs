@@ -43,6 +43,13 @@ pub async fn check_version(
         &device_id,
         Sighting { client_id: client_id.as_deref(), board, firmware_version: req.firmware_version() },
     );
+    app.writer.submit(crate::store::model::StoreOp::DeviceSeen(crate::store::model::DeviceSighting {
+        device_id: device_id.clone(),
+        client_id: client_id.clone(),
+        board: board.map(str::to_owned),
+        firmware_version: req.firmware_version().map(str::to_owned),
+        seen_at: chrono::Utc::now(),
+    }));
     tracing::info!(device_id = %device_id, board = board.unwrap_or("-"), firmware = req.firmware_version().unwrap_or("-"), "OTA check");
 
     let settings = &app.settings;

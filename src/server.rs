@@ -26,6 +26,8 @@ use crate::devices::DeviceRegistry;
 use crate::ota;
 use crate::pipeline::Pipeline;
 use crate::session::{self, registry::SessionRegistry};
+use crate::store::writer::{StoreWriter, WriterConfig};
+use crate::store::{PoolOptions, Store, StoreError};
 
 /// Everything the handlers and sessions share.
 pub struct AppState {
@@ -38,19 +40,66 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// Cancelled when the process shuts down; sessions close with 1001.
     pub shutdown: CancellationToken,
+    /// The conversation store (queries).
+    pub store: Store,
+    /// Where sessions hand their turns (writes, off the hot path).
+    pub writer: StoreWriter,
 }
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("conversation store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot create {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// How long start-up keeps trying to reach the database before giving up.
+const STORE_STARTUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl AppState {
-    pub fn new(settings: Settings, pipeline: Arc<dyn Pipeline>) -> Arc<Self> {
-        Arc::new(Self {
+    /// Connects and migrates the store, starts its writer, and assembles the state.
+    pub async fn start(settings: Settings, pipeline: Arc<dyn Pipeline>) -> Result<Arc<Self>, StartError> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
+        let store = open_store(&settings).await?;
+        let mut writer_config = WriterConfig::new(&settings.data_dir);
+        writer_config.queue_capacity = settings.database.queue_capacity;
+        writer_config.max_queue_bytes = settings.database.queue_mb << 20;
+        let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
+        Ok(Arc::new(Self {
             auth: Authenticator::new(&settings.auth),
             connections: Arc::new(Semaphore::new(settings.session.max_connections)),
             devices: DeviceRegistry::default(),
             sessions: SessionRegistry::default(),
             pipeline,
             shutdown: CancellationToken::new(),
+            store,
+            writer,
             settings,
-        })
+        }))
+    }
+}
+
+/// Connects to the configured database and brings its schema up to date, waiting a while for
+/// a database that is still starting; a schema newer than this binary is refused at once.
+pub async fn open_store(settings: &Settings) -> Result<Store, StoreError> {
+    let opts = PoolOptions {
+        max_connections: settings.database.max_connections,
+        acquire_timeout: std::time::Duration::from_millis(settings.database.acquire_timeout_ms),
+    };
+    let store = Store::connect(&settings.database, &settings.data_dir, &opts).await?;
+    let deadline = tokio::time::Instant::now() + STORE_STARTUP_PATIENCE;
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(store),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                warn!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

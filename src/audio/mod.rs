@@ -4,6 +4,7 @@
 //! Everything here is synchronous and cheap per 60 ms frame (decode ~50 µs, VAD ~15 µs per
 //! 16 ms), so sessions call it inline; nothing here may block or allocate per frame.
 
+pub mod ogg;
 pub mod opus;
 pub mod vad;
 

@@ -10,12 +10,14 @@ pub mod echo;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use firmware_protocol::{ServerMessage, TtsState};
 use tokio::sync::mpsc;
 
+use crate::audio::ogg::{ClipFormat, DEFAULT_PRE_SKIP};
 use crate::session::downlink::Downlink;
 
 /// What the user said.
@@ -68,10 +70,16 @@ pub struct Reply {
     /// device's decoder buffer.
     max_packet: Duration,
     started: bool,
+    /// What the user said, as the pipeline understood it.
+    transcript: Option<String>,
     /// What has been handed to the writer, for the record of the turn.
     sentences: Vec<String>,
     audio: Vec<Bytes>,
     audio_duration: Duration,
+    /// How many of `audio` the writer actually sent.
+    sent: Arc<AtomicUsize>,
+    /// How the reply's packets were encoded (for the clip's header).
+    clip_format: ClipFormat,
 }
 
 impl Reply {
@@ -81,10 +89,38 @@ impl Reply {
             tx,
             max_packet,
             started: false,
+            transcript: None,
             sentences: Vec::new(),
             audio: Vec::new(),
             audio_duration: Duration::ZERO,
+            sent: Arc::new(AtomicUsize::new(0)),
+            clip_format: ClipFormat { input_rate: 16_000, pre_skip: DEFAULT_PRE_SKIP },
         }
+    }
+
+    /// Declares how the reply's packets were encoded (defaults to 16 kHz, libopus lookahead).
+    pub fn set_clip_format(&mut self, format: ClipFormat) {
+        self.clip_format = format;
+    }
+
+    pub fn clip_format(&self) -> ClipFormat {
+        self.clip_format
+    }
+
+    /// What the user said, if the pipeline reported it.
+    pub fn user_text(&self) -> Option<&str> {
+        self.transcript.as_deref()
+    }
+
+    /// The packets the device was actually sent (all of them unless the reply was cut).
+    pub fn spoken_audio(&self) -> &[Bytes] {
+        let n = self.sent.load(Ordering::Relaxed).min(self.audio.len());
+        &self.audio[..n]
+    }
+
+    /// Every packet handed to the writer.
+    pub fn queued_audio(&self) -> &[Bytes] {
+        &self.audio
     }
 
     pub fn id(&self) -> u64 {
@@ -114,6 +150,7 @@ impl Reply {
 
     /// Shows what the user said.
     pub async fn transcript(&mut self, text: &str) -> Result<(), PipelineError> {
+        self.transcript = Some(text.to_owned());
         self.send_json(&ServerMessage::Stt { text: text.to_owned() }).await
     }
 
@@ -155,6 +192,6 @@ impl Reply {
         self.start().await?;
         self.audio_duration += duration;
         self.audio.push(packet.clone());
-        self.send(Downlink::Audio { reply: self.id, packet, duration }).await
+        self.send(Downlink::Audio { reply: self.id, packet, duration, sent: self.sent.clone() }).await
     }
 }

@@ -3,6 +3,8 @@
 //! overflows its 40-packet decode queue). `tts stop` goes out when the last frame has played.
 //! A cancelled reply's queued frames are dropped without being sent.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -19,8 +21,9 @@ use tokio::time::{Instant, sleep_until};
 pub enum Downlink {
     /// A JSON message, sent as soon as everything before it was sent.
     Text(String),
-    /// One Opus packet of reply `reply`, lasting `duration`.
-    Audio { reply: u64, packet: Bytes, duration: Duration },
+    /// One Opus packet of reply `reply`, lasting `duration`; `sent` counts the reply's
+    /// packets that actually went out (what the device heard, if the reply is cut short).
+    Audio { reply: u64, packet: Bytes, duration: Duration, sent: Arc<AtomicUsize> },
     /// Reply `reply` has no more audio: send `tts stop` once it has played, then report back.
     EndOfReply { reply: u64 },
     /// Send a Close frame and stop.
@@ -75,7 +78,7 @@ pub async fn run(
     while let Some(cmd) = rx.recv().await {
         let result = match cmd {
             Downlink::Text(text) => sink.send(Message::Text(text.into())).await,
-            Downlink::Audio { reply, packet, duration } => {
+            Downlink::Audio { reply, packet, duration, sent } => {
                 if is_cancelled(&cancelled, reply) {
                     continue;
                 }
@@ -109,7 +112,11 @@ pub async fn run(
                     stats.late_frames += 1;
                 }
                 play_end += duration;
-                sink.send(Message::Binary(data)).await
+                let result = sink.send(Message::Binary(data)).await;
+                if result.is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                result
             }
             Downlink::EndOfReply { reply } => {
                 let mut sent = Ok(());

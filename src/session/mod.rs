@@ -8,6 +8,7 @@
 //! log line, answered, or a close with a code.
 
 pub mod downlink;
+pub mod record;
 pub mod registry;
 pub mod turn;
 
@@ -31,8 +32,11 @@ use tracing::{Instrument, debug, info, warn};
 use crate::devices::Sighting;
 use crate::pipeline::{Reply, Turn, TurnInput};
 use crate::server::AppState;
+use crate::store::model::{DeviceSighting, SessionRecord, StoreOp};
 use downlink::{Downlink, Pacing, WriterEvent};
+use record::TurnContext;
 use registry::SessionEntry;
+use tokio_util::sync::CancellationToken;
 use turn::{TurnBuffer, TurnEvent};
 
 /// Close codes the gateway uses.
@@ -116,6 +120,27 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
     }
     app.devices
         .seen(&conn.device_id, Sighting { client_id: conn.client_id.as_deref(), ..Sighting::default() });
+    let now = chrono::Utc::now();
+    app.writer.submit(StoreOp::DeviceSeen(DeviceSighting {
+        device_id: conn.device_id.clone(),
+        client_id: conn.client_id.clone(),
+        board: None,
+        firmware_version: None,
+        seen_at: now,
+    }));
+    let session_record = Arc::new(SessionRecord {
+        session_id: uuid::Uuid::parse_str(&conn.session_id).unwrap_or_else(|_| uuid::Uuid::new_v4()),
+        device_id: conn.device_id.clone(),
+        agent_id: None,
+        started_at: now,
+        metadata: serde_json::json!({
+            "protocol_version": version.number(),
+            "client_id": conn.client_id,
+            "features": hello.features,
+            "uplink": hello.audio_params,
+        }),
+    });
+    app.writer.submit(StoreOp::SessionStarted((*session_record).clone()));
     info!(
         protocol_version = version.number(),
         mcp = hello.has_mcp(),
@@ -152,6 +177,8 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         ),
         reply: None,
         next_reply: 1,
+        record: session_record,
+        next_seq: 0,
         last_activity: Instant::now(),
         tx,
         cancel_tx,
@@ -193,7 +220,8 @@ enum End {
 /// The reply being spoken.
 struct ActiveReply {
     id: u64,
-    task: JoinHandle<()>,
+    /// Cancelling stops the pipeline at once; the task still records what was said.
+    cancel: CancellationToken,
 }
 
 struct Session {
@@ -205,6 +233,10 @@ struct Session {
     buffer: TurnBuffer,
     reply: Option<ActiveReply>,
     next_reply: u64,
+    /// This session's row, as turns upsert it.
+    record: Arc<SessionRecord>,
+    /// Sequence number of the next message.
+    next_seq: i32,
     /// Last user speech, text turn or reply: the idle timeout counts from here.
     last_activity: Instant,
     tx: mpsc::Sender<Downlink>,
@@ -413,26 +445,52 @@ impl Session {
     fn spawn_reply(&mut self, input: TurnInput) {
         let id = self.next_reply;
         self.next_reply += 1;
+        let ctx = TurnContext {
+            session: self.record.clone(),
+            bucket: self.app.settings.storage.bucket.as_str().into(),
+            user_seq: self.next_seq,
+            heard: match &input {
+                TurnInput::Voice(u) => Some(u.clone()),
+                TurnInput::Text(_) => None,
+            },
+            typed: match &input {
+                TurnInput::Text(t) => Some(t.clone()),
+                TurnInput::Voice(_) => None,
+            },
+            heard_at: chrono::Utc::now(),
+        };
+        self.next_seq += 2;
         let turn = Turn { device_id: self.device_id.clone(), session_id: self.session_id.clone(), input };
-        let pipeline = self.app.pipeline.clone();
+        let app = self.app.clone();
         let tx = self.tx.clone();
         let events = self.events_tx.clone();
         let max_packet = Duration::from_millis(u64::from(DOWNLINK_FRAME_MS));
-        let task = tokio::spawn(
+        let cancel = CancellationToken::new();
+        let cancelled = cancel.clone();
+        tokio::spawn(
             async move {
                 let mut reply = Reply::new(id, tx.clone(), max_packet);
-                if let Err(e) = pipeline.respond(turn, &mut reply).await {
+                let outcome = tokio::select! {
+                    r = app.pipeline.respond(turn, &mut reply) => Some(r),
+                    _ = cancelled.cancelled() => None,
+                };
+                let interrupted = outcome.is_none();
+                if let Some(Err(e)) = &outcome {
                     warn!(error = %e, "reply failed");
                 }
-                if reply.started() {
-                    let _ = tx.send(Downlink::EndOfReply { reply: id }).await;
-                } else {
-                    let _ = events.send(WriterEvent::PlaybackDone { reply: id });
+                if !interrupted {
+                    // Whatever was said gets its `tts stop` once played.
+                    if reply.started() {
+                        let _ = tx.send(Downlink::EndOfReply { reply: id }).await;
+                    } else {
+                        let _ = events.send(WriterEvent::PlaybackDone { reply: id });
+                    }
                 }
+                app.writer.submit(StoreOp::Turn(Box::new(record::build(ctx, &reply, interrupted))));
             }
             .in_current_span(),
         );
-        self.reply = Some(ActiveReply { id, task });
+        self.reply = Some(ActiveReply { id, cancel });
     }
 
     fn on_playback_done(&mut self, reply: u64) {
@@ -461,7 +519,7 @@ impl Session {
 
     fn cancel_reply(&mut self) {
         if let Some(r) = self.reply.take() {
-            r.task.abort();
+            r.cancel.cancel();
             self.cancel_tx.send_replace(r.id);
         }
     }
@@ -472,6 +530,9 @@ impl Session {
 
     async fn finish(mut self, end: End, writer: JoinHandle<downlink::DownlinkStats>) {
         self.cancel_reply();
+        self.app
+            .writer
+            .submit(StoreOp::SessionEnded { session: (*self.record).clone(), ended_at: chrono::Utc::now() });
         match end {
             End::PeerGone => info!("device disconnected"),
             End::Close(code, reason) => {

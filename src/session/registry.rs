@@ -35,6 +35,11 @@ impl SessionRegistry {
         self.by_device.get(device_id).map(|e| e.clone())
     }
 
+    /// Devices with a live session.
+    pub fn iter_device_ids(&self) -> Vec<String> {
+        self.by_device.iter().map(|e| e.key().clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_device.len()
     }

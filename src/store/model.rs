@@ -135,6 +135,8 @@ pub struct DeviceSighting {
 /// A write the store writer performs off the hot path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StoreOp {
+    /// A WebSocket session began (its row exists even if no turn follows).
+    SessionStarted(SessionRecord),
     Turn(Box<TurnRecord>),
     /// The WebSocket session ended.
     SessionEnded {

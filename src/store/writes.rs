@@ -45,6 +45,7 @@ macro_rules! write_ops {
                         insert_clip!($store, $conn, session, device_id, c);
                     }
                 }
+                StoreOp::SessionStarted(session) => upsert_session!($store, $conn, session),
                 StoreOp::SessionEnded { session, ended_at } => {
                     upsert_session!($store, $conn, session);
                     sqlx::query($store.sql(END_SESSION))

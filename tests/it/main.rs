@@ -5,5 +5,6 @@ mod bad_input;
 mod helpers;
 mod interop;
 mod ota_auth;
+mod persistence;
 mod store_suite;
 mod turns;

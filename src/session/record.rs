@@ -1,0 +1,132 @@
+//! Turning a finished (or interrupted) turn into the [`TurnRecord`] the store writer commits:
+//! the user's message with the utterance as an Ogg-Opus clip, and the assistant's message
+//! with what the device was actually sent. Runs in the reply's task, never in the reader.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::audio::ogg::{self, ClipFormat, DEFAULT_PRE_SKIP};
+use crate::pipeline::{Reply, Utterance};
+use crate::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, SourceType, TurnRecord};
+
+/// What the session knew when the turn began.
+pub struct TurnContext {
+    pub session: Arc<SessionRecord>,
+    pub bucket: Arc<str>,
+    /// Sequence number of the user's message; the reply gets the next one.
+    pub user_seq: i32,
+    /// The utterance, for a voice turn.
+    pub heard: Option<Utterance>,
+    /// The text, for a typed turn.
+    pub typed: Option<String>,
+    /// When the user's turn ended.
+    pub heard_at: DateTime<Utc>,
+}
+
+/// Builds the record of one turn.
+pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
+    let session = &ctx.session;
+    let mut messages = Vec::with_capacity(2);
+    let mut clips = Vec::with_capacity(2);
+
+    let user_id = Uuid::now_v7();
+    let user_clip = ctx.heard.as_ref().and_then(|u| {
+        clip(
+            &ctx,
+            user_id,
+            &u.packets,
+            ClipFormat { input_rate: 16_000, pre_skip: DEFAULT_PRE_SKIP },
+            SourceType::User,
+            ctx.heard_at,
+        )
+    });
+    let user_text = reply.user_text().map(str::to_owned).or(ctx.typed.clone()).unwrap_or_default();
+    messages.push(MessageRecord {
+        message_id: user_id,
+        sequence_num: ctx.user_seq,
+        role: Role::User,
+        content: user_text,
+        multi_content: None,
+        tool_calls: None,
+        tool_call_id: None,
+        audio_file_id: user_clip.as_ref().map(|c| c.file_id),
+        interrupted: false,
+        created_at: ctx.heard_at,
+    });
+    clips.extend(user_clip);
+
+    let spoken = reply.spoken_audio();
+    if reply.started() || !reply.sentences().is_empty() || !spoken.is_empty() {
+        // Strictly after the user's message, so ordering by time agrees with the sequence.
+        let at = Utc::now().max(ctx.heard_at + chrono::Duration::microseconds(1));
+        let reply_id = Uuid::now_v7();
+        let reply_clip = clip(&ctx, reply_id, spoken, reply.clip_format(), SourceType::Tts, at);
+        messages.push(MessageRecord {
+            message_id: reply_id,
+            sequence_num: ctx.user_seq + 1,
+            role: Role::Assistant,
+            content: reply.sentences().join(" "),
+            multi_content: None,
+            tool_calls: None,
+            tool_call_id: None,
+            audio_file_id: reply_clip.as_ref().map(|c| c.file_id),
+            interrupted,
+            created_at: at,
+        });
+        clips.extend(reply_clip);
+    }
+    TurnRecord { session: (**session).clone(), device_id: session.device_id.clone(), messages, clips }
+}
+
+/// Muxes packets into a clip row; no packets (or unmuxable ones) means no clip.
+fn clip(
+    ctx: &TurnContext,
+    message_id: Uuid,
+    packets: &[Bytes],
+    format: ClipFormat,
+    source: SourceType,
+    at: DateTime<Utc>,
+) -> Option<ClipRecord> {
+    if packets.is_empty() {
+        return None;
+    }
+    let file_id = Uuid::now_v7();
+    let muxed = match ogg::mux(packets, format, file_id.as_u128() as u32) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, source = source.as_str(), "clip not kept: packets could not be muxed");
+            return None;
+        }
+    };
+    let session = &ctx.session;
+    Some(ClipRecord {
+        file_id,
+        message_id,
+        bucket_name: ctx.bucket.to_string(),
+        object_key: object_key(&session.device_id, at, session.session_id, file_id, "ogg"),
+        file_type: "ogg".into(),
+        duration_ms: muxed.duration_ms as i32,
+        sample_rate: format.input_rate as i32,
+        channels: 1,
+        source_type: source,
+        transcription: None,
+        metadata: json!({ "packets": muxed.packets, "pre_skip": format.pre_skip }),
+        checksum: hex(&Sha256::digest(&muxed.bytes)),
+        data: muxed.bytes,
+        created_at: at,
+    })
+}
+
+/// `{device_id}/{yyyy-mm-dd}/{session_id}/{file_id}.{ext}` (the starting design's layout).
+pub fn object_key(device_id: &str, at: DateTime<Utc>, session_id: Uuid, file_id: Uuid, ext: &str) -> String {
+    format!("{device_id}/{}/{session_id}/{file_id}.{ext}", at.format("%Y-%m-%d"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
