@@ -68,13 +68,20 @@ impl AppState {
         writer_config.queue_capacity = settings.database.queue_capacity;
         writer_config.max_queue_bytes = settings.database.queue_mb << 20;
         let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::store::retention::run_schedule(
+            store.clone(),
+            settings.database.message_retention_days,
+            std::time::Duration::from_secs(3600),
+            shutdown.clone(),
+        ));
         Ok(Arc::new(Self {
             auth: Authenticator::new(&settings.auth),
             connections: Arc::new(Semaphore::new(settings.session.max_connections)),
             devices: DeviceRegistry::default(),
             sessions: SessionRegistry::default(),
             pipeline,
-            shutdown: CancellationToken::new(),
+            shutdown,
             store,
             writer,
             settings,

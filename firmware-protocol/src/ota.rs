@@ -43,14 +43,25 @@ pub struct OtaRequest {
 
 impl OtaRequest {
     /// Reads whatever a body offers; anything that is not a JSON object yields an empty
-    /// request (the headers still identify the device).
+    /// request (the headers still identify the device). A field of an unexpected type is
+    /// skipped without losing the others.
     pub fn from_body(body: &[u8]) -> Self {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(v @ Value::Object(_)) => serde_json::from_value(v).unwrap_or_else(|_| {
-                // A field of an unexpected type: keep what can be read field by field.
-                Self::default()
-            }),
-            _ => Self::default(),
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+            return Self::default();
+        };
+        fn field<T: serde::de::DeserializeOwned>(
+            map: &serde_json::Map<String, Value>,
+            key: &str,
+        ) -> Option<T> {
+            map.get(key).cloned().and_then(|v| serde_json::from_value(v).ok())
+        }
+        Self {
+            mac_address: field(&map, "mac_address"),
+            uuid: field(&map, "uuid"),
+            chip_model_name: field(&map, "chip_model_name"),
+            language: field(&map, "language"),
+            application: field(&map, "application"),
+            board: field(&map, "board"),
         }
     }
 
@@ -134,6 +145,10 @@ mod tests {
         assert_eq!(OtaRequest::from_body(b"garbage"), OtaRequest::default());
         assert_eq!(OtaRequest::from_body(b"[1]"), OtaRequest::default());
         assert_eq!(OtaRequest::from_body(br#"{"board":7}"#), OtaRequest::default());
+        let partly =
+            OtaRequest::from_body(br#"{"mac_address":"a0:b1:c2:d3:e4:f5","board":7,"application":"x"}"#);
+        assert_eq!(partly.mac_address.as_deref(), Some("a0:b1:c2:d3:e4:f5"));
+        assert_eq!((partly.board, partly.application), (None, None));
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Reply {
     }
 
     async fn send_json(&self, m: &ServerMessage) -> Result<(), PipelineError> {
-        self.send(Downlink::Text(m.to_json())).await
+        self.send(Downlink::ReplyText { reply: self.id, text: m.to_json() }).await
     }
 
     /// Shows what the user said.

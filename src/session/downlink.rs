@@ -21,6 +21,9 @@ use tokio::time::{Instant, sleep_until};
 pub enum Downlink {
     /// A JSON message, sent as soon as everything before it was sent.
     Text(String),
+    /// A JSON message of reply `reply`: dropped, like its audio, once the reply is cancelled
+    /// (so nothing of an interrupted reply reaches the device after its `tts stop`).
+    ReplyText { reply: u64, text: String },
     /// One Opus packet of reply `reply`, lasting `duration`; `sent` counts the reply's
     /// packets that actually went out (what the device heard, if the reply is cut short).
     Audio { reply: u64, packet: Bytes, duration: Duration, sent: Arc<AtomicUsize> },
@@ -78,18 +81,30 @@ pub async fn run(
     while let Some(cmd) = rx.recv().await {
         let result = match cmd {
             Downlink::Text(text) => sink.send(Message::Text(text.into())).await,
+            Downlink::ReplyText { reply, text } => {
+                if is_cancelled(&cancelled, reply) {
+                    continue;
+                }
+                sink.send(Message::Text(text.into())).await
+            }
             Downlink::Audio { reply, packet, duration, sent } => {
                 if is_cancelled(&cancelled, reply) {
                     continue;
                 }
                 let now = Instant::now();
-                if reply != current_reply || play_end < now {
-                    // A new reply, or the producer fell behind: the clock restarts now.
-                    current_reply = reply;
-                    if play_end < now {
+                if reply != current_reply {
+                    // What a cancelled reply had queued on the device was flushed by its
+                    // `tts stop`: the next reply starts on a fresh clock, with its prebuffer.
+                    if is_cancelled(&cancelled, current_reply) {
                         play_end = now;
                         clock_origin = now;
                     }
+                    current_reply = reply;
+                }
+                if play_end < now {
+                    // The producer fell behind: the clock restarts now.
+                    play_end = now;
+                    clock_origin = now;
                 }
                 let due = play_end.checked_sub(pacing.prebuffer).unwrap_or(play_end).max(clock_origin);
                 if due > now && !wait_until(due, &mut cancelled, reply).await {

@@ -79,16 +79,29 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
     let app = conn.app.clone();
     let (mut sink, mut stream) = socket.split();
 
-    let hello = match timeout(app.settings.session.hello_timeout(), wait_for_hello(&mut stream)).await {
-        Ok(Some(hello)) => hello,
-        Ok(None) => {
+    let close_with =
+        |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let waited = tokio::select! {
+        w = timeout(app.settings.session.hello_timeout(), wait_for_hello(&mut stream)) => w,
+        _ = app.shutdown.cancelled() => {
+            let _ = timeout(CLOSE_GRACE, sink.send(close_with(close::GOING_AWAY, "server shutting down"))).await;
+            return;
+        }
+    };
+    let hello = match waited {
+        Ok(BeforeHello::Hello(hello)) => hello,
+        Ok(BeforeHello::Gone) => {
             info!("connection ended before hello");
+            return;
+        }
+        Ok(BeforeHello::Closing(code, reason)) => {
+            warn!(code, reason, "closing before hello");
+            let _ = timeout(CLOSE_GRACE, sink.send(close_with(code, reason))).await;
             return;
         }
         Err(_) => {
             warn!("no hello within {:?}; closing", app.settings.session.hello_timeout());
-            let frame = CloseFrame { code: close::POLICY, reason: "hello timeout".into() };
-            let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+            let _ = timeout(CLOSE_GRACE, sink.send(close_with(close::POLICY, "hello timeout"))).await;
             return;
         }
     };
@@ -191,21 +204,36 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
     app.sessions.unregister(&conn.device_id, &conn.session_id);
 }
 
+/// How the wait for a hello ended.
+enum BeforeHello {
+    Hello(ClientHello),
+    /// The peer closed or dropped the connection.
+    Gone,
+    /// The peer broke a limit: close with this code.
+    Closing(u16, &'static str),
+}
+
 /// Reads until a hello arrives; anything before it is logged and ignored.
-async fn wait_for_hello(stream: &mut SplitStream<WebSocket>) -> Option<ClientHello> {
+async fn wait_for_hello(stream: &mut SplitStream<WebSocket>) -> BeforeHello {
     while let Some(msg) = stream.next().await {
         match msg {
             Ok(Message::Text(text)) => match ClientMessage::parse(&text) {
-                Ok(ClientMessage::Hello(h)) => return Some(h),
+                Ok(ClientMessage::Hello(h)) => return BeforeHello::Hello(h),
                 Ok(other) => debug!(?other, "message before hello ignored"),
                 Err(e) => warn!(error = %e, "malformed message before hello ignored"),
             },
             Ok(Message::Binary(b)) => debug!(len = b.len(), "audio before hello ignored"),
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(_)) => return BeforeHello::Gone,
+            Err(e) => {
+                return match read_error(e) {
+                    End::Close(code, reason) => BeforeHello::Closing(code, reason),
+                    End::PeerGone => BeforeHello::Gone,
+                };
+            }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
         }
     }
-    None
+    BeforeHello::Gone
 }
 
 /// Why the session loop ended.
@@ -471,8 +499,9 @@ impl Session {
             async move {
                 let mut reply = Reply::new(id, tx.clone(), max_packet);
                 let outcome = tokio::select! {
-                    r = app.pipeline.respond(turn, &mut reply) => Some(r),
+                    biased;
                     _ = cancelled.cancelled() => None,
+                    r = app.pipeline.respond(turn, &mut reply) => Some(r),
                 };
                 let interrupted = outcome.is_none();
                 if let Some(Err(e)) = &outcome {

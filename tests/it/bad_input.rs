@@ -162,3 +162,33 @@ async fn a_device_that_vanishes_mid_reply_is_cleaned_up() {
     }
     panic!("session of a vanished device was not cleaned up");
 }
+
+/// The close code a raw connection receives within [`LIMIT`].
+async fn raw_close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let fut = async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(c)) = m {
+                return c.map(|c| u16::from(c.code));
+            }
+        }
+        None
+    };
+    tokio::time::timeout(LIMIT, fut).await.expect("closed in time")
+}
+
+#[tokio::test]
+async fn limits_and_shutdown_apply_before_the_hello_too() {
+    let app = spawn_app_with(|s| s.session.max_message_bytes = 4096).await;
+    let (mut ws, _) = connect_raw(&app.device()).await.unwrap();
+    ws.send(Message::Text("x".repeat(5000).into())).await.unwrap();
+    assert_eq!(raw_close_code(&mut ws).await, Some(1009));
+
+    let (mut waiting, _) = connect_raw(&app.device()).await.unwrap();
+    let mut talking = app.connect().await;
+    app.app.shutdown.cancel();
+    assert_eq!(raw_close_code(&mut waiting).await, Some(1001), "no hello yet");
+    assert_eq!(expect_close(&mut talking.rx, LIMIT).await, Some(1001), "in session");
+}
