@@ -72,6 +72,11 @@ settings_table! {
     "MINIO_USE_SSL" => "storage.use_ssl", "false", "Use https for the S3 endpoint.";
     "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing).";
     "MINIO_REGION" => "storage.region", "us-east-1", "S3 region.";
+    "XIAOZHI_CLIP_FORMAT" => "storage.clip_format", "ogg", "Clip files: ogg (the packets as sent, no transcoding) or wav (decoded 16-bit PCM).";
+    "XIAOZHI_UPLOAD_WORKERS" => "storage.upload_workers", "4", "Upload workers per gateway process.";
+    "XIAOZHI_UPLOAD_MAX_ATTEMPTS" => "storage.upload_max_attempts", "12", "Attempts before a clip is marked failed (it stays staged and visible).";
+    "XIAOZHI_UPLOAD_BACKOFF_MAX_SECS" => "storage.upload_backoff_max_secs", "300", "Longest wait between upload attempts (exponential backoff with jitter up to this).";
+    "XIAOZHI_PRESIGN_EXPIRY_SECS" => "storage.presign_expiry_secs", "3600", "Lifetime of presigned GET URLs for clips.";
 }
 
 /// How log lines are written.
@@ -248,6 +253,22 @@ pub struct StorageSettings {
     pub bucket: String,
     #[serde(deserialize_with = "lenient_string")]
     pub region: String,
+    pub clip_format: ClipFileFormat,
+    pub upload_workers: usize,
+    pub upload_max_attempts: u32,
+    pub upload_backoff_max_secs: u64,
+    pub presign_expiry_secs: u64,
+}
+
+/// How clips are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipFileFormat {
+    /// Ogg-Opus with the packets as they went over the wire.
+    #[default]
+    Ogg,
+    /// 16 kHz 16-bit mono PCM.
+    Wav,
 }
 
 impl Default for StorageSettings {
@@ -259,6 +280,11 @@ impl Default for StorageSettings {
             use_ssl: false,
             bucket: "xiaozhi-audio".into(),
             region: "us-east-1".into(),
+            clip_format: ClipFileFormat::Ogg,
+            upload_workers: 4,
+            upload_max_attempts: 12,
+            upload_backoff_max_secs: 300,
+            presign_expiry_secs: 3600,
         }
     }
 }
@@ -380,6 +406,20 @@ impl Settings {
         }
         if self.auth.tokens.iter().any(|t| t.contains(char::is_whitespace)) {
             return invalid("auth.tokens", "tokens must not contain spaces".into());
+        }
+        if self.storage.upload_workers == 0 || self.storage.upload_max_attempts == 0 {
+            return invalid(
+                "storage.upload_workers",
+                "at least one upload worker and one attempt are needed".into(),
+            );
+        }
+        if self.storage.endpoint.is_some()
+            && (self.storage.access_key.is_empty() || self.storage.secret_key.is_empty())
+        {
+            return invalid(
+                "storage.access_key",
+                "MINIO_ENDPOINT is set: MINIO_ACCESS_KEY and MINIO_SECRET_KEY are needed".into(),
+            );
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());

@@ -13,6 +13,7 @@
 //!   echo ("parrot") brain is the embedded default.
 //! * [`client`]: a simulated device (tests and the load generator).
 //! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
+//! * [`uploads`]: clips to MinIO/S3 (or a local directory) by a durable background pool.
 //! * [`telemetry`]: the tracing subscriber.
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
@@ -28,3 +29,10 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod uploads;
+
+/// Installs the process-wide TLS crypto provider (ring) that the database and object-storage
+/// clients share. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

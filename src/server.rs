@@ -28,6 +28,8 @@ use crate::pipeline::Pipeline;
 use crate::session::{self, registry::SessionRegistry};
 use crate::store::writer::{StoreWriter, WriterConfig};
 use crate::store::{PoolOptions, Store, StoreError};
+use crate::uploads::pool::{PoolConfig, UploadPool};
+use crate::uploads::storage::{ClipStorage, StorageError};
 
 /// Everything the handlers and sessions share.
 pub struct AppState {
@@ -44,6 +46,10 @@ pub struct AppState {
     pub store: Store,
     /// Where sessions hand their turns (writes, off the hot path).
     pub writer: StoreWriter,
+    /// Object storage for clips.
+    pub storage: ClipStorage,
+    /// The background upload pool.
+    pub uploads: UploadPool,
 }
 
 /// Why the gateway could not start.
@@ -51,6 +57,8 @@ pub struct AppState {
 pub enum StartError {
     #[error("conversation store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
     #[error("cannot create {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
 }
@@ -63,12 +71,23 @@ impl AppState {
     pub async fn start(settings: Settings, pipeline: Arc<dyn Pipeline>) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
+        crate::install_crypto_provider();
         let store = open_store(&settings).await?;
+        let storage = ClipStorage::open(&settings).await?;
+        let wake_uploads = Arc::new(tokio::sync::Notify::new());
         let mut writer_config = WriterConfig::new(&settings.data_dir);
         writer_config.queue_capacity = settings.database.queue_capacity;
         writer_config.max_queue_bytes = settings.database.queue_mb << 20;
+        writer_config.on_commit = Some(wake_uploads.clone());
         let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
         let shutdown = CancellationToken::new();
+        let uploads = UploadPool::start(
+            store.clone(),
+            storage.clone(),
+            PoolConfig::from_settings(&settings.storage),
+            wake_uploads,
+            shutdown.clone(),
+        );
         tokio::spawn(crate::store::retention::run_schedule(
             store.clone(),
             settings.database.message_retention_days,
@@ -84,6 +103,8 @@ impl AppState {
             shutdown,
             store,
             writer,
+            storage,
+            uploads,
             settings,
         }))
     }

@@ -486,6 +486,7 @@ impl Session {
                 TurnInput::Voice(_) => None,
             },
             heard_at: chrono::Utc::now(),
+            file_format: self.app.settings.storage.clip_format,
         };
         self.next_seq += 2;
         let turn = Turn { device_id: self.device_id.clone(), session_id: self.session_id.clone(), input };

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::audio::ogg::{self, ClipFormat, DEFAULT_PRE_SKIP};
+use crate::audio::opus::UplinkDecoder;
+use crate::config::ClipFileFormat;
 use crate::pipeline::{Reply, Utterance};
 use crate::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, SourceType, TurnRecord};
 
@@ -26,6 +28,8 @@ pub struct TurnContext {
     pub typed: Option<String>,
     /// When the user's turn ended.
     pub heard_at: DateTime<Utc>,
+    /// Ogg-Opus (the packets as sent) or WAV (decoded PCM).
+    pub file_format: ClipFileFormat,
 }
 
 /// Builds the record of one turn.
@@ -103,23 +107,56 @@ fn clip(
             return None;
         }
     };
+    let (data, ext, rate) = match ctx.file_format {
+        ClipFileFormat::Ogg => (muxed.bytes, "ogg", format.input_rate),
+        ClipFileFormat::Wav => match wav(packets) {
+            Ok(bytes) => (bytes, "wav", crate::audio::UPLINK_RATE),
+            Err(e) => {
+                tracing::warn!(error = %e, "WAV clip failed; keeping Ogg-Opus");
+                (muxed.bytes, "ogg", format.input_rate)
+            }
+        },
+    };
     let session = &ctx.session;
     Some(ClipRecord {
         file_id,
         message_id,
         bucket_name: ctx.bucket.to_string(),
-        object_key: object_key(&session.device_id, at, session.session_id, file_id, "ogg"),
-        file_type: "ogg".into(),
+        object_key: object_key(&session.device_id, at, session.session_id, file_id, ext),
+        file_type: ext.into(),
         duration_ms: muxed.duration_ms as i32,
-        sample_rate: format.input_rate as i32,
+        sample_rate: rate as i32,
         channels: 1,
         source_type: source,
         transcription: None,
         metadata: json!({ "packets": muxed.packets, "pre_skip": format.pre_skip }),
-        checksum: hex(&Sha256::digest(&muxed.bytes)),
-        data: muxed.bytes,
+        checksum: hex(&Sha256::digest(&data)),
+        data,
         created_at: at,
     })
+}
+
+/// Decodes packets to 16 kHz 16-bit mono PCM in a WAV container.
+fn wav(packets: &[Bytes]) -> Result<Bytes, String> {
+    let mut decoder = UplinkDecoder::new().map_err(|e| e.to_string())?;
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: crate::audio::UPLINK_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = hound::WavWriter::new(&mut out, spec).map_err(|e| e.to_string())?;
+        for p in packets {
+            let pcm = decoder.decode(p).map_err(|e| e.to_string())?;
+            for s in pcm {
+                w.write_sample(*s).map_err(|e| e.to_string())?;
+            }
+        }
+        w.finalize().map_err(|e| e.to_string())?;
+    }
+    Ok(Bytes::from(out.into_inner()))
 }
 
 /// `{device_id}/{yyyy-mm-dd}/{session_id}/{file_id}.{ext}` (the starting design's layout).

@@ -30,6 +30,8 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// Where spilled and dead-lettered ops go.
     pub spill_dir: PathBuf,
+    /// Notified after each commit (the upload pool wakes on it).
+    pub on_commit: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl WriterConfig {
@@ -39,6 +41,7 @@ impl WriterConfig {
             max_queue_bytes: 64 << 20,
             max_batch: 64,
             spill_dir: data_dir.join("store-spill"),
+            on_commit: None,
         }
     }
 }
@@ -210,6 +213,9 @@ impl Worker {
                     self.stats.committed_ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.stats.committed_batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.last_commit_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    if let Some(n) = &self.config.on_commit {
+                        n.notify_waiters();
+                    }
                     return;
                 }
                 Err(e) if e.is_transient() => {

@@ -6,5 +6,7 @@ mod helpers;
 mod interop;
 mod ota_auth;
 mod persistence;
+mod storage_suite;
 mod store_suite;
 mod turns;
+mod uploads;
