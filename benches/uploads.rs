@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use xiaozhi_gateway::config::Settings;
 use xiaozhi_gateway::store::Store;
-use xiaozhi_gateway::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, SourceType, StoreOp, TurnRecord};
+use xiaozhi_gateway::store::model::{
+    ClipRecord, MessageRecord, Role, SessionRecord, SourceType, StoreOp, TurnRecord,
+};
 use xiaozhi_gateway::uploads::pool::{PoolConfig, UploadPool};
 use xiaozhi_gateway::uploads::storage::ClipStorage;
 
@@ -74,7 +76,10 @@ fn upload_pool(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s3 = testkit::s3::S3Server::start();
     let mut group = c.benchmark_group("upload_pool");
-    group.sample_size(10).measurement_time(Duration::from_secs(10)).throughput(Throughput::Elements(CLIPS as u64));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Elements(CLIPS as u64));
     for workers in [1usize, 4, 16] {
         group.bench_function(format!("clips_workers_{workers}"), |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -83,7 +88,8 @@ fn upload_pool(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let dir = tempfile::tempdir().unwrap();
-                        let mut settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
+                        let mut settings =
+                            Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
                         settings.storage.endpoint = Some(endpoint.clone());
                         settings.storage.access_key = testkit::s3::ACCESS_KEY.into();
                         settings.storage.secret_key = testkit::s3::SECRET_KEY.into();
@@ -97,7 +103,8 @@ fn upload_pool(c: &mut Criterion) {
                         cfg.workers = workers;
                         let stop = CancellationToken::new();
                         let t = Instant::now();
-                        let pool = UploadPool::start(store.clone(), storage, cfg, Arc::default(), stop.clone());
+                        let pool =
+                            UploadPool::start(store.clone(), storage, cfg, Arc::default(), stop.clone());
                         pool.wake();
                         while store.upload_backlog().await.unwrap().pending > 0 {
                             tokio::time::sleep(Duration::from_millis(2)).await;
