@@ -34,6 +34,10 @@ settings_table! {
     "XIAOZHI_PUBLIC_URL" => "public_url", "", "WebSocket URL the OTA endpoint hands to devices (e.g. wss://voice.example.com/xiaozhi/v1/). Empty: derived from the request's Host header.";
     "XIAOZHI_DATA_DIR" => "data_dir", "./data", "Directory for everything the embedded default writes (SQLite file, local object store).";
     "XIAOZHI_LOG_FORMAT" => "log_format", "auto", "Log output: json, text, or auto (text on a terminal, JSON otherwise).";
+    "XIAOZHI_ADMIN_TOKEN" => "admin.token", "", "Bearer token for the admin API under /api; empty: the admin API is disabled.";
+    "XIAOZHI_DRAIN_SECS" => "ops.drain_secs", "30", "On SIGTERM/SIGINT, how long turns in progress may take to finish before sessions are closed.";
+    "XIAOZHI_READY_MAX_STORE_BACKLOG" => "ops.ready_max_store_backlog", "1000", "/readyz reports 503 when more store writes than this are waiting.";
+    "XIAOZHI_READY_MAX_UPLOAD_BACKLOG" => "ops.ready_max_upload_backlog", "5000", "/readyz reports 503 when more clips than this wait for upload.";
     "XIAOZHI_AUTH_TOKENS" => "auth.tokens", "", "Comma-separated static access tokens. Authentication is on when this or auth.secret is set.";
     "XIAOZHI_AUTH_SECRET" => "auth.secret", "", "Secret for HMAC-signed tokens that the OTA endpoint issues, bound to device id and client id.";
     "XIAOZHI_AUTH_TOKEN_TTL_SECS" => "auth.token_ttl_secs", "2592000", "Lifetime of OTA-issued tokens (30 days).";
@@ -303,6 +307,31 @@ pub struct Settings {
     pub ota: OtaSettings,
     pub database: DatabaseSettings,
     pub storage: StorageSettings,
+    pub admin: AdminSettings,
+    pub ops: OpsSettings,
+}
+
+/// The admin API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminSettings {
+    #[serde(deserialize_with = "opt_string")]
+    pub token: Option<String>,
+}
+
+/// Readiness and shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpsSettings {
+    pub drain_secs: u64,
+    pub ready_max_store_backlog: usize,
+    pub ready_max_upload_backlog: i64,
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        Self { drain_secs: 30, ready_max_store_backlog: 1000, ready_max_upload_backlog: 5000 }
+    }
 }
 
 impl Default for Settings {
@@ -317,6 +346,8 @@ impl Default for Settings {
             ota: OtaSettings::default(),
             database: DatabaseSettings::default(),
             storage: StorageSettings::default(),
+            admin: AdminSettings::default(),
+            ops: OpsSettings::default(),
         }
     }
 }

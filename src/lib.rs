@@ -1,6 +1,7 @@
 //! xiaozhi-gateway: a low-latency WebSocket voice gateway for xiaozhi ESP32 devices.
 //!
 //! Module map:
+//! * [`api`]: the admin HTTP API under `/api` (conversations, clips, prompts, push).
 //! * [`config`]: typed settings (defaults < TOML file < environment), validated once.
 //! * [`server`]: the one HTTP listener: WebSocket upgrade on any path, OTA, health; limits.
 //! * [`auth`]: who may connect: static tokens, OTA-issued HMAC tokens, allowed devices.
@@ -18,6 +19,7 @@
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
 
+pub mod api;
 pub mod audio;
 pub mod auth;
 pub mod client;

@@ -101,18 +101,54 @@ fn main() -> ExitCode {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     use anyhow::Context;
     let listen = settings.listen;
-    let app = AppState::start(settings, Arc::new(EchoPipeline)).await?;
+    let drain = std::time::Duration::from_secs(settings.ops.drain_secs);
+    let app =
+        AppState::start(settings.clone(), Arc::new(EchoPipeline::new(settings.session.downlink_sample_rate)))
+            .await?;
     let server = Server::bind(app.clone()).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let shutdown = app.shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        shutdown.cancel();
+    tokio::spawn(drain_on_signal(app.clone(), drain));
+    server.serve().await.context("server failed")?;
+    // The listener is closed; sessions were told to close. Hand everything to the database.
+    for _ in 0..20 {
+        if app.sessions.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(15), app.writer.flush()).await.is_err() {
+        tracing::error!(
+            backlog = app.writer.stats().backlog(),
+            "database unreachable at exit; unwritten turns stay spilled on disk for the next start"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// First signal: drain (not ready, no new sessions, turns in progress finish up to `drain`),
+/// then stop. Second signal: exit at once.
+async fn drain_on_signal(app: Arc<AppState>, drain: std::time::Duration) {
+    wait_for_signal().await;
+    tracing::info!(sessions = app.sessions.len(), deadline_secs = drain.as_secs(), "draining");
+    app.draining.cancel();
+    app.metrics.draining.set(1.0);
+    let deadline = tokio::time::Instant::now() + drain;
+    let second = tokio::spawn(async {
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
-    server.serve().await.context("server failed")
+    while !app.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !app.sessions.is_empty() {
+        tracing::warn!(
+            sessions = app.sessions.len(),
+            "drain deadline passed; closing the remaining sessions"
+        );
+    }
+    app.shutdown.cancel();
+    drop(second);
 }
 
 async fn wait_for_signal() {

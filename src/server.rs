@@ -28,6 +28,7 @@ use crate::pipeline::Pipeline;
 use crate::session::{self, registry::SessionRegistry};
 use crate::store::writer::{StoreWriter, WriterConfig};
 use crate::store::{PoolOptions, Store, StoreError};
+use crate::telemetry::metrics::{Handshake, Metrics};
 use crate::uploads::pool::{PoolConfig, UploadPool};
 use crate::uploads::storage::{ClipStorage, StorageError};
 
@@ -40,7 +41,10 @@ pub struct AppState {
     pub pipeline: Arc<dyn Pipeline>,
     /// One permit per live device session: the connection limit.
     pub connections: Arc<Semaphore>,
-    /// Cancelled when the process shuts down; sessions close with 1001.
+    /// Cancelled when the gateway starts draining: not ready, no new sessions; sessions
+    /// finish the turn in progress and close with 1001.
+    pub draining: CancellationToken,
+    /// Cancelled when the process shuts down for good; sessions close with 1001 at once.
     pub shutdown: CancellationToken,
     /// The conversation store (queries).
     pub store: Store,
@@ -50,6 +54,7 @@ pub struct AppState {
     pub storage: ClipStorage,
     /// The background upload pool.
     pub uploads: UploadPool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the gateway could not start.
@@ -75,10 +80,12 @@ impl AppState {
         let store = open_store(&settings).await?;
         let storage = ClipStorage::open(&settings).await?;
         let wake_uploads = Arc::new(tokio::sync::Notify::new());
+        let metrics = Metrics::new();
         let mut writer_config = WriterConfig::new(&settings.data_dir);
         writer_config.queue_capacity = settings.database.queue_capacity;
         writer_config.max_queue_bytes = settings.database.queue_mb << 20;
         writer_config.on_commit = Some(wake_uploads.clone());
+        writer_config.commit_latency = Some(metrics.store_commit.clone());
         let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
         let shutdown = CancellationToken::new();
         let uploads = UploadPool::start(
@@ -100,11 +107,13 @@ impl AppState {
             devices: DeviceRegistry::default(),
             sessions: SessionRegistry::default(),
             pipeline,
+            draining: CancellationToken::new(),
             shutdown,
             store,
             writer,
             storage,
             uploads,
+            metrics,
             settings,
         }))
     }
@@ -143,7 +152,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .layer(cors);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readiness))
         .merge(ota_routes)
+        .merge(crate::api::router(app.clone()))
         .fallback(upgrade)
         .with_state(app)
 }
@@ -198,11 +210,13 @@ async fn upgrade(
     let creds = Credentials::from_request(&headers, &query);
     let Some(device_id) = creds.device_id.clone() else {
         warn!(path = uri.path(), "upgrade without a device id refused");
+        app.metrics.handshake(Handshake::BadRequest);
         return (StatusCode::BAD_REQUEST, "Device-Id header (or device-id query parameter) is required\n")
             .into_response();
     };
     if let Err(e) = app.auth.check(&creds) {
         warn!(device_id = %device_id, reason = %e, "connection refused");
+        app.metrics.handshake(Handshake::AuthRefused);
         return (e.status(), format!("{e}\n")).into_response();
     }
     let header_version = match headers.get("protocol-version").map(|v| v.to_str().map(str::trim)) {
@@ -222,8 +236,13 @@ async fn upgrade(
             return (StatusCode::BAD_REQUEST, "Protocol-Version is not text\n").into_response();
         }
     };
+    if app.draining.is_cancelled() {
+        app.metrics.handshake(Handshake::LimitReached);
+        return (StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down\n").into_response();
+    }
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         warn!(device_id = %device_id, "connection limit reached; refusing");
+        app.metrics.handshake(Handshake::LimitReached);
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n").into_response();
     };
     let max = app.settings.session.max_message_bytes;
@@ -239,4 +258,87 @@ async fn upgrade(
         .max_frame_size(max)
         .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| session::run(socket, conn))
+}
+
+/// `GET /metrics`: Prometheus text format. Store, upload and process figures are refreshed here.
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &app.metrics;
+    let w = app.writer.stats();
+    m.store_queue.set(w.queued.load(Relaxed) as f64);
+    m.store_spilled.set(w.spilled.load(Relaxed) as f64);
+    m.store_committed.absolute(w.committed_ops.load(Relaxed));
+    m.store_dead_lettered.set(w.dead_lettered.load(Relaxed) as f64);
+    let u = app.uploads.stats();
+    m.uploads.absolute(u.uploaded.load(Relaxed));
+    m.upload_failures.absolute(u.attempts_failed.load(Relaxed));
+    if let Ok(Ok(b)) =
+        tokio::time::timeout(std::time::Duration::from_secs(1), app.store.upload_backlog()).await
+    {
+        m.upload_pending.set(b.pending as f64);
+        m.upload_failed.set(b.failed as f64);
+        let age = b
+            .oldest_pending
+            .map_or(0.0, |t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+        m.upload_oldest_age.set(age);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+}
+
+/// `GET /readyz`: each component's state, and 503 when the gateway should not get new
+/// devices (database down or not migrated, a backlog over its threshold, draining).
+async fn readiness(State(app): State<Arc<AppState>>) -> Response {
+    use serde_json::json;
+    use std::sync::atomic::Ordering::Relaxed;
+    let patience = std::time::Duration::from_secs(2);
+    let expected = crate::store::schema_version();
+    let database = match tokio::time::timeout(patience, app.store.applied_version()).await {
+        Ok(Ok(v)) if v == expected => json!({ "ok": true, "schema_version": v }),
+        Ok(Ok(v)) => {
+            json!({ "ok": false, "schema_version": v, "error": format!("schema at {v}, expected {expected}") })
+        }
+        Ok(Err(e)) => json!({ "ok": false, "error": e.to_string() }),
+        Err(_) => json!({ "ok": false, "error": "no answer within 2 s" }),
+    };
+    let storage = match tokio::time::timeout(patience, app.storage.ping()).await {
+        Ok(Ok(())) => json!({ "ok": true, "bucket": app.storage.bucket() }),
+        Ok(Err(e)) => json!({ "ok": false, "bucket": app.storage.bucket(), "error": e.to_string() }),
+        Err(_) => json!({ "ok": false, "bucket": app.storage.bucket(), "error": "no answer within 2 s" }),
+    };
+    let w = app.writer.stats();
+    let store_backlog = w.backlog();
+    let ops = &app.settings.ops;
+    let backlog = match tokio::time::timeout(patience, app.store.upload_backlog()).await {
+        Ok(Ok(b)) => Some(b),
+        _ => None,
+    };
+    let upload_pending = backlog.map_or(0, |b| b.pending);
+    let draining = app.draining.is_cancelled();
+    let ready = !draining
+        && database["ok"] == true
+        && store_backlog <= ops.ready_max_store_backlog
+        && upload_pending <= ops.ready_max_upload_backlog;
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "database": database,
+        "object_storage": storage,
+        "store_writer": {
+            "queued": w.queued.load(Relaxed),
+            "spilled": w.spilled.load(Relaxed),
+            "failing": w.failing.load(Relaxed),
+            "threshold": ops.ready_max_store_backlog,
+        },
+        "uploads": {
+            "pending": upload_pending,
+            "failed": backlog.map_or(0, |b| b.failed),
+            "oldest_pending_age_secs": backlog
+                .and_then(|b| b.oldest_pending)
+                .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0),
+            "threshold": ops.ready_max_upload_backlog,
+        },
+        "sessions": app.sessions.len(),
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
 }

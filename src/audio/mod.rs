@@ -6,6 +6,7 @@
 
 pub mod ogg;
 pub mod opus;
+pub mod resample;
 pub mod vad;
 
 /// The rate everything on the uplink is processed at.

@@ -51,6 +51,11 @@ impl FrameEncoder {
         Ok(Self { encoder, out: vec![0; 4000], samples_per_frame: (sample_rate * frame_ms / 1000) as usize })
     }
 
+    /// The encoder's lookahead in samples at its rate (the Ogg pre-skip source).
+    pub fn lookahead(&mut self) -> u32 {
+        self.encoder.get_lookahead().map_or(0, |l| l.max(0) as u32)
+    }
+
     pub fn samples_per_frame(&self) -> usize {
         self.samples_per_frame
     }

@@ -1,10 +1,23 @@
 //! The echo ("parrot") brain, the embedded default: a voice turn is answered with the user's
-//! own packets, a text turn with its text as the subtitle.
+//! own packets, a text turn with its text as the subtitle, and server-initiated speech with
+//! the local synthesizer.
 
+use bytes::Bytes;
+
+use super::local_tts::LocalTts;
 use super::{BoxFuture, Pipeline, PipelineError, Reply, Turn, TurnInput};
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EchoPipeline;
+#[derive(Debug, Clone)]
+pub struct EchoPipeline {
+    tts: LocalTts,
+}
+
+impl EchoPipeline {
+    /// `downlink_rate` is the rate announced in the server hello.
+    pub fn new(downlink_rate: u32) -> Self {
+        Self { tts: LocalTts::new(downlink_rate, "en") }
+    }
+}
 
 impl Pipeline for EchoPipeline {
     fn respond<'a>(&'a self, turn: Turn, reply: &'a mut Reply) -> BoxFuture<'a, Result<(), PipelineError>> {
@@ -22,6 +35,14 @@ impl Pipeline for EchoPipeline {
                 TurnInput::Text(text) => {
                     reply.transcript(&text).await?;
                     reply.sentence(&text).await?;
+                }
+                TurnInput::Say(text) => {
+                    let speech = self.tts.speak(&text).await.map_err(PipelineError::Failed)?;
+                    reply.set_clip_format(speech.format);
+                    reply.sentence(&text).await?;
+                    for packet in speech.packets {
+                        reply.audio(Bytes::clone(&packet)).await?;
+                    }
                 }
             }
             Ok(())

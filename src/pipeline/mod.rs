@@ -6,11 +6,12 @@
 //! The embedded default is [`echo::EchoPipeline`], which answers with the user's own voice.
 
 pub mod echo;
+pub mod local_tts;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use firmware_protocol::{ServerMessage, TtsState};
 use tokio::sync::mpsc;
 
 use crate::audio::ogg::{ClipFormat, DEFAULT_PRE_SKIP};
-use crate::session::downlink::Downlink;
+use crate::session::downlink::{Downlink, ReplyProgress};
 
 /// What the user said.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub enum TurnInput {
     Voice(Utterance),
     /// Typed (or otherwise recognised) text, from `listen detect`.
     Text(String),
+    /// Server-initiated speech: say this text (nobody asked).
+    Say(String),
 }
 
 /// The packets of one user utterance and how long it lasts.
@@ -76,14 +79,19 @@ pub struct Reply {
     sentences: Vec<String>,
     audio: Vec<Bytes>,
     audio_duration: Duration,
-    /// How many of `audio` the writer actually sent.
-    sent: Arc<AtomicUsize>,
+    /// How many of `audio` the writer actually sent (and the first-frame latency probe).
+    progress: Arc<ReplyProgress>,
     /// How the reply's packets were encoded (for the clip's header).
     clip_format: ClipFormat,
 }
 
 impl Reply {
-    pub fn new(id: u64, tx: mpsc::Sender<Downlink>, max_packet: Duration) -> Self {
+    pub fn new(
+        id: u64,
+        tx: mpsc::Sender<Downlink>,
+        max_packet: Duration,
+        progress: Arc<ReplyProgress>,
+    ) -> Self {
         Self {
             id,
             tx,
@@ -93,7 +101,7 @@ impl Reply {
             sentences: Vec::new(),
             audio: Vec::new(),
             audio_duration: Duration::ZERO,
-            sent: Arc::new(AtomicUsize::new(0)),
+            progress,
             clip_format: ClipFormat { input_rate: 16_000, pre_skip: DEFAULT_PRE_SKIP },
         }
     }
@@ -114,7 +122,7 @@ impl Reply {
 
     /// The packets the device was actually sent (all of them unless the reply was cut).
     pub fn spoken_audio(&self) -> &[Bytes] {
-        let n = self.sent.load(Ordering::Relaxed).min(self.audio.len());
+        let n = self.progress.sent.load(Ordering::Relaxed).min(self.audio.len());
         &self.audio[..n]
     }
 
@@ -192,6 +200,6 @@ impl Reply {
         self.start().await?;
         self.audio_duration += duration;
         self.audio.push(packet.clone());
-        self.send(Downlink::Audio { reply: self.id, packet, duration, sent: self.sent.clone() }).await
+        self.send(Downlink::Audio { reply: self.id, packet, duration, progress: self.progress.clone() }).await
     }
 }

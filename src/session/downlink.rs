@@ -24,9 +24,8 @@ pub enum Downlink {
     /// A JSON message of reply `reply`: dropped, like its audio, once the reply is cancelled
     /// (so nothing of an interrupted reply reaches the device after its `tts stop`).
     ReplyText { reply: u64, text: String },
-    /// One Opus packet of reply `reply`, lasting `duration`; `sent` counts the reply's
-    /// packets that actually went out (what the device heard, if the reply is cut short).
-    Audio { reply: u64, packet: Bytes, duration: Duration, sent: Arc<AtomicUsize> },
+    /// One Opus packet of reply `reply`, lasting `duration`.
+    Audio { reply: u64, packet: Bytes, duration: Duration, progress: Arc<ReplyProgress> },
     /// Reply `reply` has no more audio: send `tts stop` once it has played, then report back.
     EndOfReply { reply: u64 },
     /// Send a Close frame and stop.
@@ -40,6 +39,15 @@ pub enum WriterEvent {
     PlaybackDone { reply: u64 },
     /// The socket refused a write; the session should end.
     SocketFailed,
+}
+
+/// What the writer reports about one reply while sending it.
+#[derive(Debug, Default)]
+pub struct ReplyProgress {
+    /// The reply's packets that actually went out (what the device heard if it is cut short).
+    pub sent: AtomicUsize,
+    /// When the user's turn ended, and where to record the time to the first reply frame.
+    pub first_audio: Option<(Instant, metrics::Histogram)>,
 }
 
 /// Counters the writer keeps for its session.
@@ -59,6 +67,7 @@ pub struct Pacing {
     pub version: ProtocolVersion,
     /// How far ahead of the device's playback clock frames may be sent.
     pub prebuffer: Duration,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// Runs the writer until the channel closes, a Close is sent, or the socket fails.
@@ -87,7 +96,7 @@ pub async fn run(
                 }
                 sink.send(Message::Text(text.into())).await
             }
-            Downlink::Audio { reply, packet, duration, sent } => {
+            Downlink::Audio { reply, packet, duration, progress } => {
                 if is_cancelled(&cancelled, reply) {
                     continue;
                 }
@@ -121,15 +130,24 @@ pub async fn run(
                         }
                     },
                 };
-                stats.frames += 1;
-                stats.bytes += data.len() as u64;
-                if Instant::now().saturating_duration_since(due) > LATE_THRESHOLD {
-                    stats.late_frames += 1;
-                }
+                let len = data.len() as u64;
+                let late = Instant::now().saturating_duration_since(due) > LATE_THRESHOLD;
                 play_end += duration;
                 let result = sink.send(Message::Binary(data)).await;
                 if result.is_ok() {
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    stats.frames += 1;
+                    stats.bytes += len;
+                    pacing.metrics.frames_out.increment(1);
+                    pacing.metrics.bytes_out.increment(len);
+                    if late {
+                        stats.late_frames += 1;
+                        pacing.metrics.late_frames.increment(1);
+                    }
+                    if progress.sent.fetch_add(1, Ordering::Relaxed) == 0
+                        && let Some((turn_end, histogram)) = &progress.first_audio
+                    {
+                        histogram.record(turn_end.elapsed().as_secs_f64());
+                    }
                 }
                 result
             }

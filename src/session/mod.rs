@@ -33,9 +33,10 @@ use crate::devices::Sighting;
 use crate::pipeline::{Reply, Turn, TurnInput};
 use crate::server::AppState;
 use crate::store::model::{DeviceSighting, SessionRecord, StoreOp};
-use downlink::{Downlink, Pacing, WriterEvent};
+use crate::telemetry::metrics::{Handshake, Stage};
+use downlink::{Downlink, Pacing, ReplyProgress, WriterEvent};
 use record::TurnContext;
-use registry::SessionEntry;
+use registry::{CommandError, SessionCommand, SessionEntry};
 use tokio_util::sync::CancellationToken;
 use turn::{TurnBuffer, TurnEvent};
 
@@ -75,8 +76,25 @@ pub async fn run(socket: WebSocket, conn: Connection) {
     run_inner(socket, conn).instrument(span).await
 }
 
+/// Decrements a gauge when dropped (however the session ends).
+struct GaugeGuard(metrics::Gauge);
+
+impl GaugeGuard {
+    fn new(g: &metrics::Gauge) -> Self {
+        g.increment(1.0);
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 async fn run_inner(socket: WebSocket, conn: Connection) {
     let app = conn.app.clone();
+    let _connection = GaugeGuard::new(&app.metrics.connections);
     let (mut sink, mut stream) = socket.split();
 
     let close_with =
@@ -92,15 +110,18 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         Ok(BeforeHello::Hello(hello)) => hello,
         Ok(BeforeHello::Gone) => {
             info!("connection ended before hello");
+            app.metrics.handshake(Handshake::Dropped);
             return;
         }
         Ok(BeforeHello::Closing(code, reason)) => {
             warn!(code, reason, "closing before hello");
+            app.metrics.handshake(Handshake::BadRequest);
             let _ = timeout(CLOSE_GRACE, sink.send(close_with(code, reason))).await;
             return;
         }
         Err(_) => {
             warn!("no hello within {:?}; closing", app.settings.session.hello_timeout());
+            app.metrics.handshake(Handshake::HelloTimeout);
             let _ = timeout(CLOSE_GRACE, sink.send(close_with(close::POLICY, "hello timeout"))).await;
             return;
         }
@@ -114,6 +135,7 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         Ok(v) => v,
         Err(e) => {
             warn!(error = %e, "unsupported protocol version in hello; closing");
+            app.metrics.handshake(Handshake::BadRequest);
             let frame =
                 CloseFrame { code: close::PROTOCOL_ERROR, reason: "unsupported protocol version".into() };
             let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
@@ -129,8 +151,11 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
     });
     if sink.send(Message::Text(server_hello.to_json().into())).await.is_err() {
         info!("connection ended during hello");
+        app.metrics.handshake(Handshake::Dropped);
         return;
     }
+    app.metrics.handshake(Handshake::Ok);
+    let _session_gauge = GaugeGuard::new(app.metrics.sessions(version.number()));
     app.devices
         .seen(&conn.device_id, Sighting { client_id: conn.client_id.as_deref(), ..Sighting::default() });
     let now = chrono::Utc::now();
@@ -166,6 +191,7 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let pacing = Pacing {
         version,
+        metrics: app.metrics.clone(),
         prebuffer: Duration::from_millis(
             u64::from(app.settings.session.prebuffer_frames) * u64::from(DOWNLINK_FRAME_MS),
         ),
@@ -173,7 +199,12 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
     let writer =
         tokio::spawn(downlink::run(sink, rx, cancel_rx, events_tx.clone(), pacing).in_current_span());
 
-    let entry = SessionEntry { session_id: conn.session_id.clone(), replaced: Default::default() };
+    let (commands_tx, commands_rx) = mpsc::channel(8);
+    let entry = SessionEntry {
+        session_id: conn.session_id.clone(),
+        replaced: Default::default(),
+        commands: commands_tx,
+    };
     let replaced = entry.replaced.clone();
     app.sessions.register(&conn.device_id, entry);
 
@@ -199,7 +230,7 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         app: app.clone(),
         _permit: conn.permit,
     };
-    let end = session.run(&mut stream, events_rx, replaced).await;
+    let end = session.run(&mut stream, events_rx, commands_rx, replaced).await;
     session.finish(end, writer).await;
     app.sessions.unregister(&conn.device_id, &conn.session_id);
 }
@@ -280,11 +311,18 @@ impl Session {
         &mut self,
         stream: &mut SplitStream<WebSocket>,
         mut events: mpsc::UnboundedReceiver<WriterEvent>,
+        mut commands: mpsc::Receiver<SessionCommand>,
         replaced: tokio_util::sync::CancellationToken,
     ) -> End {
         let idle = self.app.settings.session.idle_timeout();
         let shutdown = self.app.shutdown.clone();
+        let draining = self.app.draining.clone();
+        // Set once draining: the session closes as soon as no turn is in progress.
+        let mut closing = false;
         loop {
+            if closing && !self.turn_in_progress() {
+                return End::Close(close::GOING_AWAY, "server shutting down");
+            }
             let idle_deadline = self.last_activity + idle;
             tokio::select! {
                 msg = stream.next() => match msg {
@@ -302,6 +340,7 @@ impl Session {
                     Some(Err(e)) => return read_error(e),
                     None => return End::PeerGone,
                 },
+                Some(cmd) = commands.recv() => self.on_command(cmd),
                 Some(event) = events.recv() => match event {
                     WriterEvent::PlaybackDone { reply } => self.on_playback_done(reply),
                     WriterEvent::SocketFailed => return End::PeerGone,
@@ -313,6 +352,10 @@ impl Session {
                 _ = replaced.cancelled() => {
                     info!("replaced by a newer connection from the same device");
                     return End::Close(close::REPLACED, "replaced by a newer connection");
+                }
+                _ = draining.cancelled(), if !closing => {
+                    info!("draining: closing once the turn in progress is done");
+                    closing = true;
                 }
                 _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
             }
@@ -392,11 +435,36 @@ impl Session {
         }
     }
 
+    fn on_command(&mut self, cmd: SessionCommand) {
+        match cmd {
+            SessionCommand::Say { text, done } => {
+                let result = if self.turn_in_progress() {
+                    Err(CommandError::Busy)
+                } else {
+                    info!(chars = text.chars().count(), "server-initiated speech");
+                    self.last_activity = Instant::now();
+                    self.spawn_reply(TurnInput::Say(text));
+                    Ok(())
+                };
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Whether the user is speaking (or holding push-to-talk) or a reply is under way.
+    fn turn_in_progress(&self) -> bool {
+        self.reply.is_some()
+            || self.buffer.speech_started()
+            || (self.listening == Some(ListenMode::Manual) && !self.buffer.is_empty())
+    }
+
     fn is_wake_word(&self, text: &str) -> bool {
         self.app.settings.session.wake_words.iter().any(|w| w.eq_ignore_ascii_case(text))
     }
 
     async fn on_binary(&mut self, data: Bytes) {
+        self.app.metrics.frames_in.increment(1);
+        self.app.metrics.bytes_in.increment(data.len() as u64);
         let payload = match frame::decode(self.version, &data) {
             Ok(f) if f.payload.is_empty() => {
                 debug!("0-byte audio message ignored");
@@ -479,16 +547,17 @@ impl Session {
             user_seq: self.next_seq,
             heard: match &input {
                 TurnInput::Voice(u) => Some(u.clone()),
-                TurnInput::Text(_) => None,
+                _ => None,
             },
             typed: match &input {
                 TurnInput::Text(t) => Some(t.clone()),
-                TurnInput::Voice(_) => None,
+                _ => None,
             },
+            announcement: matches!(input, TurnInput::Say(_)),
             heard_at: chrono::Utc::now(),
             file_format: self.app.settings.storage.clip_format,
         };
-        self.next_seq += 2;
+        self.next_seq += if ctx.announcement { 1 } else { 2 };
         let turn = Turn { device_id: self.device_id.clone(), session_id: self.session_id.clone(), input };
         let app = self.app.clone();
         let tx = self.tx.clone();
@@ -496,9 +565,24 @@ impl Session {
         let max_packet = Duration::from_millis(u64::from(DOWNLINK_FRAME_MS));
         let cancel = CancellationToken::new();
         let cancelled = cancel.clone();
+        let metrics = &self.app.metrics;
+        let progress = Arc::new(ReplyProgress {
+            first_audio: match (&ctx.heard, &ctx.typed) {
+                (Some(_), _) => {
+                    metrics.turns_voice.increment(1);
+                    Some((Instant::now(), metrics.stage(Stage::EosToFirstAudio).clone()))
+                }
+                (None, Some(_)) => {
+                    metrics.turns_text.increment(1);
+                    None
+                }
+                (None, None) => None,
+            },
+            ..ReplyProgress::default()
+        });
         tokio::spawn(
             async move {
-                let mut reply = Reply::new(id, tx.clone(), max_packet);
+                let mut reply = Reply::new(id, tx.clone(), max_packet, progress);
                 let outcome = tokio::select! {
                     biased;
                     _ = cancelled.cancelled() => None,
@@ -549,6 +633,7 @@ impl Session {
 
     fn cancel_reply(&mut self) {
         if let Some(r) = self.reply.take() {
+            self.app.metrics.barge_ins.increment(1);
             r.cancel.cancel();
             self.cancel_tx.send_replace(r.id);
         }

@@ -26,6 +26,8 @@ pub struct TurnContext {
     pub heard: Option<Utterance>,
     /// The text, for a typed turn.
     pub typed: Option<String>,
+    /// Server-initiated speech: only the assistant speaks.
+    pub announcement: bool,
     /// When the user's turn ended.
     pub heard_at: DateTime<Utc>,
     /// Ogg-Opus (the packets as sent) or WAV (decoded PCM).
@@ -39,6 +41,7 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
     let mut clips = Vec::with_capacity(2);
 
     let user_id = Uuid::now_v7();
+    let assistant_seq = if ctx.announcement { ctx.user_seq } else { ctx.user_seq + 1 };
     let user_clip = ctx.heard.as_ref().and_then(|u| {
         clip(
             &ctx,
@@ -50,18 +53,20 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
         )
     });
     let user_text = reply.user_text().map(str::to_owned).or(ctx.typed.clone()).unwrap_or_default();
-    messages.push(MessageRecord {
-        message_id: user_id,
-        sequence_num: ctx.user_seq,
-        role: Role::User,
-        content: user_text,
-        multi_content: None,
-        tool_calls: None,
-        tool_call_id: None,
-        audio_file_id: user_clip.as_ref().map(|c| c.file_id),
-        interrupted: false,
-        created_at: ctx.heard_at,
-    });
+    if !ctx.announcement {
+        messages.push(MessageRecord {
+            message_id: user_id,
+            sequence_num: ctx.user_seq,
+            role: Role::User,
+            content: user_text,
+            multi_content: None,
+            tool_calls: None,
+            tool_call_id: None,
+            audio_file_id: user_clip.as_ref().map(|c| c.file_id),
+            interrupted: false,
+            created_at: ctx.heard_at,
+        });
+    }
     clips.extend(user_clip);
 
     let spoken = reply.spoken_audio();
@@ -72,7 +77,7 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
         let reply_clip = clip(&ctx, reply_id, spoken, reply.clip_format(), SourceType::Tts, at);
         messages.push(MessageRecord {
             message_id: reply_id,
-            sequence_num: ctx.user_seq + 1,
+            sequence_num: assistant_seq,
             role: Role::Assistant,
             content: reply.sentences().join(" "),
             multi_content: None,

@@ -1,8 +1,26 @@
 //! Live sessions by device: a device that reconnects replaces its previous session, which is
-//! told to close. Later, server-initiated speech and device tools reach sessions through here.
+//! told to close. Server-initiated speech (and later device tools) reach sessions through
+//! their command channel.
 
 use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// Why a session would not take a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("the device is in the middle of a turn")]
+    Busy,
+    #[error("the session has ended")]
+    Gone,
+}
+
+/// What the rest of the gateway can ask a live session to do.
+#[derive(Debug)]
+pub enum SessionCommand {
+    /// Speak `text` to the device now (`tts start`, audio, `tts stop`).
+    Say { text: String, done: oneshot::Sender<Result<(), CommandError>> },
+}
 
 /// How to reach one live session.
 #[derive(Clone)]
@@ -10,6 +28,7 @@ pub struct SessionEntry {
     pub session_id: String,
     /// Cancelled when a newer connection from the same device takes over.
     pub replaced: CancellationToken,
+    pub commands: mpsc::Sender<SessionCommand>,
 }
 
 /// All live sessions of this process, one per device.

@@ -147,6 +147,14 @@ impl Store {
         )
     }
 
+    /// A clip's staged bytes (until it is uploaded).
+    pub async fn staged_bytes(&self, file_id: Uuid) -> Result<Option<Bytes>, StoreError> {
+        const SQL: &str = "SELECT data FROM audio_staging WHERE file_id = $1";
+        let data: Option<Vec<u8>> =
+            with_pool!(self, p => sqlx::query_scalar(self.sql(SQL)).bind(file_id).fetch_optional(p).await?);
+        Ok(data.map(Bytes::from))
+    }
+
     /// Size and age of the upload backlog.
     pub async fn upload_backlog(&self) -> Result<Backlog, StoreError> {
         const SQL: &str = "SELECT \

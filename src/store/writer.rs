@@ -32,6 +32,8 @@ pub struct WriterConfig {
     pub spill_dir: PathBuf,
     /// Notified after each commit (the upload pool wakes on it).
     pub on_commit: Option<Arc<tokio::sync::Notify>>,
+    /// Where to record each commit's latency.
+    pub commit_latency: Option<metrics::Histogram>,
 }
 
 impl WriterConfig {
@@ -42,6 +44,7 @@ impl WriterConfig {
             max_batch: 64,
             spill_dir: data_dir.join("store-spill"),
             on_commit: None,
+            commit_latency: None,
         }
     }
 }
@@ -213,6 +216,9 @@ impl Worker {
                     self.stats.committed_ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.stats.committed_batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.last_commit_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    if let Some(h) = &self.config.commit_latency {
+                        h.record(started.elapsed().as_secs_f64());
+                    }
                     if let Some(n) = &self.config.on_commit {
                         n.notify_waiters();
                     }

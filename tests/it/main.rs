@@ -1,6 +1,7 @@
 //! Integration tests: a real gateway on a random port, driven by real clients.
 //! One binary for every integration test (faster to build than one per file).
 
+mod admin_api;
 mod bad_input;
 mod helpers;
 mod interop;

@@ -1,5 +1,8 @@
-//! Logging: `tracing` with JSON lines in production and readable text on a terminal.
-//! Session log lines carry `device_id` and `session_id` through the session's span.
+//! Telemetry: logs ([`init`]: `tracing`, JSON lines in production, readable text on a terminal;
+//! session log lines carry `device_id` and `session_id` through the session's span) and
+//! Prometheus [`metrics`].
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

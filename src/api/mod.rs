@@ -1,0 +1,300 @@
+//! The admin HTTP API under `/api`: conversations (list, read, delete), clips (presigned
+//! redirect or bytes), a device's system prompt, forgetting a device, and server-initiated
+//! speech to an online device. Behind `Authorization: Bearer $XIAOZHI_ADMIN_TOKEN`; when no
+//! token is configured the whole API answers 404. The OpenAPI document is served at
+//! `/api/openapi.json` and the tests check the live API against it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::server::AppState;
+use crate::session::registry::{CommandError, SessionCommand};
+use crate::store::StoreError;
+use crate::store::model::StoredMessage;
+use crate::store::queries::decode_cursor;
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// An error as the API reports it: a status and `{"error": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        Self(status, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "admin API: database error");
+        let status = if e.is_transient() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, format!("database: {e}"))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The `/api` routes.
+pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/api/conversations", get(list_conversations))
+        .route("/api/conversations/{session_id}", get(get_conversation).delete(delete_conversation))
+        .route("/api/conversations/{session_id}/messages", get(conversation_messages))
+        .route("/api/audio/{file_id}", get(audio))
+        .route("/api/devices/{device_id}/system-prompt", get(get_prompt).put(put_prompt))
+        .route("/api/devices/{device_id}/data", delete(forget_device))
+        .route("/api/devices/{device_id}/say", post(say))
+        .layer(middleware::from_fn_with_state(app, require_admin))
+}
+
+/// 404 when the API is disabled, 401 without the right bearer token (compared in constant
+/// time over digests, so its length does not leak either).
+async fn require_admin(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = app.settings.admin.token.as_deref() else {
+        return ApiError::new(StatusCode::NOT_FOUND, "the admin API is disabled (set XIAOZHI_ADMIN_TOKEN)")
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| {
+        let (a, b): ([u8; 32], [u8; 32]) = (Sha256::digest(g).into(), Sha256::digest(expected).into());
+        bool::from(a.ct_eq(&b))
+    });
+    if !ok {
+        let mut resp =
+            ApiError::new(StatusCode::UNAUTHORIZED, "a valid admin bearer token is required").into_response();
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+        return resp;
+    }
+    next.run(req).await
+}
+
+fn parse_uuid(s: &str, what: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(s)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} {s:?} is not a UUID")))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    device_id: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_conversations(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = match q.limit.as_deref() {
+        None | Some("") => 20,
+        Some(l) => l.parse::<i64>().ok().filter(|l| (1..=100).contains(l)).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "limit must be an integer from 1 to 100")
+        })?,
+    };
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            Some(decode_cursor(c).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid cursor"))?)
+        }
+    };
+    let device = q.device_id.as_deref().filter(|d| !d.is_empty()).map(str::to_ascii_lowercase);
+    let page = app.store.sessions(device.as_deref(), cursor, limit).await?;
+    Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
+}
+
+async fn get_conversation(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id, "session_id")?;
+    match app.store.session(id).await? {
+        Some(s) => Ok(Json(serde_json::to_value(s).unwrap_or_default())),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation")),
+    }
+}
+
+async fn delete_conversation(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_uuid(&id, "session_id")?;
+    if app.store.delete_session(id).await? {
+        app.uploads.wake();
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"))
+    }
+}
+
+async fn conversation_messages(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id, "session_id")?;
+    if app.store.session(id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
+    }
+    let messages = app.store.session_messages(id).await?;
+    let clips: HashMap<Uuid, _> =
+        app.store.session_clips(id).await?.into_iter().map(|c| (c.file_id, c)).collect();
+    let expiry = Duration::from_secs(app.settings.storage.presign_expiry_secs);
+    let mut items = Vec::with_capacity(messages.len());
+    for m in messages {
+        let audio_url = match m.audio_file_id.and_then(|f| clips.get(&f)) {
+            Some(c) => Some(audio_url(&app, c.file_id, &c.object_key, &c.upload_status, expiry).await),
+            None => None,
+        };
+        items.push(message_json(m, audio_url));
+    }
+    Ok(Json(json!({ "items": items })))
+}
+
+fn message_json(m: StoredMessage, audio_url: Option<String>) -> Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    v["audio_url"] = json!(audio_url);
+    v
+}
+
+/// A presigned URL for an uploaded clip in S3; otherwise the gateway's own `/api/audio/{id}`.
+async fn audio_url(app: &AppState, file_id: Uuid, key: &str, status: &str, expiry: Duration) -> String {
+    if status == "uploaded"
+        && let Ok(Some(url)) = app.storage.presigned_get(key, expiry).await
+    {
+        return url;
+    }
+    format!("/api/audio/{file_id}")
+}
+
+async fn audio(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_uuid(&id, "file_id")?;
+    let clip =
+        app.store.clip(id).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such clip"))?;
+    let content_type = match clip.file_type.as_str() {
+        "ogg" => "audio/ogg",
+        "wav" => "audio/wav",
+        "jpg" | "jpeg" => "image/jpeg",
+        _ => "application/octet-stream",
+    };
+    if clip.upload_status == "uploaded" {
+        let expiry = Duration::from_secs(app.settings.storage.presign_expiry_secs);
+        if let Ok(Some(url)) = app.storage.presigned_get(&clip.object_key, expiry).await {
+            return Ok(Redirect::temporary(&url).into_response());
+        }
+        let bytes = app.storage.get(&clip.object_key).await.map_err(|e| {
+            tracing::warn!(error = %e, key = %clip.object_key, "clip missing from object storage");
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("object storage: {e}"))
+        })?;
+        return Ok(([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response());
+    }
+    // Not uploaded yet (or given up): the bytes are still staged in the database.
+    match app.store.staged_bytes(id).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "the clip's bytes are gone")),
+    }
+}
+
+async fn get_prompt(State(app): State<Arc<AppState>>, Path(device): Path<String>) -> ApiResult<Json<Value>> {
+    let device = device.to_ascii_lowercase();
+    match app.store.system_prompt(&device).await? {
+        Some(prompt) => Ok(Json(json!({ "device_id": device, "prompt": prompt }))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "no system prompt for this device")),
+    }
+}
+
+#[derive(Deserialize)]
+struct PromptBody {
+    prompt: String,
+}
+
+async fn put_prompt(
+    State(app): State<Arc<AppState>>,
+    Path(device): Path<String>,
+    body: Result<Json<PromptBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if body.prompt.trim().is_empty() || body.prompt.len() > 32 * 1024 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "prompt must be 1 byte to 32 KiB of text"));
+    }
+    let device = device.to_ascii_lowercase();
+    app.store.set_system_prompt(&device, &body.prompt).await?;
+    Ok(Json(json!({ "device_id": device, "prompt": body.prompt })))
+}
+
+async fn forget_device(
+    State(app): State<Arc<AppState>>,
+    Path(device): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let device = device.to_ascii_lowercase();
+    let sessions = app.store.delete_device_data(&device).await?;
+    app.uploads.wake();
+    Ok(Json(json!({ "device_id": device, "sessions_deleted": sessions })))
+}
+
+#[derive(Deserialize)]
+struct SayBody {
+    text: String,
+}
+
+async fn say(
+    State(app): State<Arc<AppState>>,
+    Path(device): Path<String>,
+    body: Result<Json<SayBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let text = body.text.trim().to_owned();
+    if text.is_empty() || text.len() > 2000 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "text must be 1 to 2000 bytes"));
+    }
+    let device = device.to_ascii_lowercase();
+    let entry = app
+        .sessions
+        .get(&device)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the device is not connected"))?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    let gone = || ApiError::new(StatusCode::NOT_FOUND, "the device disconnected");
+    entry.commands.send(SessionCommand::Say { text, done }).await.map_err(|_| gone())?;
+    match result.await.map_err(|_| gone())? {
+        Ok(()) => {
+            Ok((StatusCode::ACCEPTED, Json(json!({ "device_id": device, "session_id": entry.session_id }))))
+        }
+        Err(CommandError::Busy) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "the device is in the middle of a turn"))
+        }
+        Err(CommandError::Gone) => Err(gone()),
+    }
+}
