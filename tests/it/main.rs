@@ -5,6 +5,7 @@ mod admin_api;
 mod bad_input;
 mod helpers;
 mod interop;
+mod ops;
 mod ota_auth;
 mod persistence;
 mod storage_suite;
