@@ -149,7 +149,14 @@ pub async fn connect_raw(
 impl DeviceClient {
     /// Connects, sends the hello and waits (up to 10 s, as firmware does) for the server's.
     pub async fn connect(cfg: &DeviceConfig) -> Result<Self, ClientError> {
+        Self::connect_timed(cfg).await.map(|(c, _)| c)
+    }
+
+    /// As [`DeviceClient::connect`], also returning when the upgrade completed (the hello
+    /// exchange took the rest of the time).
+    pub async fn connect_timed(cfg: &DeviceConfig) -> Result<(Self, Instant), ClientError> {
         let (ws, _) = connect_raw(cfg).await?;
+        let upgraded = Instant::now();
         let (mut sink, stream) = ws.split();
         let hello = cfg.hello.clone().unwrap_or_else(|| ClientHello::firmware(cfg.version.number()));
         sink.send(Message::Text(ClientMessage::Hello(hello).to_json().into())).await?;
@@ -166,7 +173,7 @@ impl DeviceClient {
             return Err(ClientError::Protocol(format!("hello transport {:?}", server_hello.transport)));
         }
         let tx = DeviceSender { sink, version: cfg.version, session_id: server_hello.session_id.clone() };
-        Ok(Self { tx, rx, server_hello })
+        Ok((Self { tx, rx, server_hello }, upgraded))
     }
 
     pub fn session_id(&self) -> &str {

@@ -12,6 +12,7 @@
 //! * [`audio`]: Opus decoding and voice activity detection for the uplink.
 //! * [`pipeline`]: the conversation brain behind one [`pipeline::Pipeline`] interface; the
 //!   echo ("parrot") brain is the embedded default.
+//! * [`loadtest`]: `xiaozhi-gateway loadtest`, simulated talking and idle devices.
 //! * [`client`]: a simulated device (tests and the load generator).
 //! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
 //! * [`uploads`]: clips to MinIO/S3 (or a local directory) by a durable background pool.
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod devices;
+pub mod loadtest;
 pub mod ota;
 pub mod pipeline;
 pub mod server;

@@ -32,6 +32,8 @@ enum Command {
     Config,
     /// Apply database migrations and exit.
     Migrate,
+    /// Simulate devices against a gateway and report latency, frame timing and gateway cost.
+    Loadtest(xiaozhi_gateway::loadtest::LoadtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,36 @@ fn main() -> ExitCode {
         Command::Config => {
             print!("{}", Settings::reference_markdown());
             ExitCode::SUCCESS
+        }
+        Command::Loadtest(args) => {
+            xiaozhi_gateway::telemetry::init(xiaozhi_gateway::config::LogFormat::Text);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("xiaozhi-gateway: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(xiaozhi_gateway::loadtest::run(&args)) {
+                Ok(report) => {
+                    print!("{}", report.table());
+                    if let Some(path) = &args.json
+                        && let Err(e) =
+                            std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())
+                    {
+                        eprintln!("xiaozhi-gateway: cannot write {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                    if args.fail_on_error && report.turns_failed > 0 {
+                        return ExitCode::FAILURE;
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("xiaozhi-gateway: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Migrate => {
             let settings = match Settings::load(cli.config.as_deref()) {

@@ -10,6 +10,17 @@ const VAD_FRAME: usize = 256;
 /// Voiced audio needed before we call it speech (ignores clicks and coughs).
 const MIN_SPEECH: Duration = Duration::from_millis(120);
 
+/// Duration of one detector frame.
+const FRAME_DURATION: Duration = Duration::from_millis(16);
+
+/// What the detector made of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub voiced: bool,
+    /// Unvoiced frames at the end of the packet.
+    pub trailing_silence: Duration,
+}
+
 /// Per-packet verdict of the detector.
 pub struct VoiceDetector {
     detector: Box<earshot::Detector>,
@@ -30,8 +41,14 @@ impl VoiceDetector {
 
     /// Feeds one packet's samples; returns whether the packet counts as voiced (at least 40% of
     /// the 16 ms frames completed by it scored above the threshold).
-    pub fn is_voiced(&mut self, mut pcm: &[i16]) -> bool {
-        let (mut voiced, mut total) = (0u32, 0u32);
+    pub fn is_voiced(&mut self, pcm: &[i16]) -> bool {
+        self.analyze(pcm).voiced
+    }
+
+    /// Feeds one packet's samples and says whether it is voiced and how much silence ends it
+    /// (so that the end of speech is timed to the 16 ms frame, not to the packet).
+    pub fn analyze(&mut self, mut pcm: &[i16]) -> Verdict {
+        let (mut voiced, mut total, mut trailing) = (0u32, 0u32, 0u32);
         while !pcm.is_empty() {
             let take = (VAD_FRAME - self.pending_len).min(pcm.len());
             self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&pcm[..take]);
@@ -42,10 +59,13 @@ impl VoiceDetector {
                 total += 1;
                 if self.detector.predict_i16(&self.pending) >= self.threshold {
                     voiced += 1;
+                    trailing = 0;
+                } else {
+                    trailing += 1;
                 }
             }
         }
-        total > 0 && voiced * 5 >= total * 2
+        Verdict { voiced: total > 0 && voiced * 5 >= total * 2, trailing_silence: FRAME_DURATION * trailing }
     }
 
     pub fn reset(&mut self) {
@@ -86,6 +106,13 @@ impl Endpointer {
 
     /// Advances by one packet of `duration` that was voiced or not.
     pub fn push(&mut self, voiced: bool, duration: Duration) -> Endpoint {
+        let trailing = if voiced { Duration::ZERO } else { duration };
+        self.push_verdict(Verdict { voiced, trailing_silence: trailing }, duration)
+    }
+
+    /// Advances by one packet, counting the silence that ends a voiced packet too.
+    pub fn push_verdict(&mut self, verdict: Verdict, duration: Duration) -> Endpoint {
+        let voiced = verdict.voiced;
         if !self.started {
             if voiced {
                 self.voiced_run += duration;
@@ -100,7 +127,7 @@ impl Endpointer {
             return Endpoint::Waiting;
         }
         if voiced {
-            self.silence = Duration::ZERO;
+            self.silence = verdict.trailing_silence;
             return Endpoint::InSpeech;
         }
         self.silence += duration;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::audio::opus::UplinkDecoder;
-use crate::audio::vad::{Endpoint, Endpointer, VoiceDetector};
+use crate::audio::vad::{Endpoint, Endpointer, Verdict, VoiceDetector};
 use crate::pipeline::Utterance;
 
 /// Audio kept before the first voiced packet, so the utterance does not start mid-syllable.
@@ -83,9 +83,10 @@ impl TurnBuffer {
 
     /// Adds a packet and runs voice detection on it.
     pub fn push_detect(&mut self, packet: Bytes, duration: Duration) -> TurnEvent {
-        let voiced = self.voiced(&packet);
+        let verdict = self.verdict(&packet);
+        let voiced = verdict.voiced;
         let endpoint = match self.vad.as_mut() {
-            Some(v) => v.endpointer.push(voiced, duration),
+            Some(v) => v.endpointer.push_verdict(verdict, duration),
             None => Endpoint::Waiting,
         };
         self.packets.push_back((packet, duration));
@@ -105,17 +106,17 @@ impl TurnBuffer {
         }
     }
 
-    fn voiced(&mut self, packet: &[u8]) -> bool {
+    fn verdict(&mut self, packet: &[u8]) -> Verdict {
         let vad = self.vad.get_or_insert_with(|| Vad {
             decoder: UplinkDecoder::new().expect("a 16 kHz mono Opus decoder can always be created"),
             detector: VoiceDetector::new(self.vad_threshold),
             endpointer: Endpointer::new(self.silence_window),
         });
         match vad.decoder.decode(packet) {
-            Ok(pcm) => vad.detector.is_voiced(pcm),
+            Ok(pcm) => vad.detector.analyze(pcm),
             Err(e) => {
                 tracing::debug!(error = %e, "uplink packet not decodable; counted as silence");
-                false
+                Verdict { voiced: false, trailing_silence: Duration::ZERO }
             }
         }
     }
