@@ -254,8 +254,12 @@ async fn upgrade(
         header_version,
         permit,
     };
+    // Small I/O buffers: an idle session should cost a few KiB, not tungstenite's 128 KiB
+    // default read buffer. Messages larger than the buffer still assemble (up to `max`).
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
         .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| session::run(socket, conn))
 }

@@ -144,6 +144,15 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
         turns: if args.turns == 0 { usize::MAX } else { args.turns },
         deadline,
     });
+    // Resident memory while every device is still connected (just before the deadline).
+    let peak = {
+        let url = metrics.clone();
+        let at = deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            gateway_process(&url).await
+        })
+    };
     let total = args.devices + args.idle_devices;
     let gap = Duration::from_secs_f64(1.0 / args.ramp_up);
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
@@ -167,7 +176,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
     }
     let elapsed = started.elapsed();
     let after = gateway_process(&metrics).await;
-    Ok(Report::build(args, &reports, elapsed, before, after))
+    let peak = peak.await.ok().flatten();
+    Ok(Report::build(args, &reports, elapsed, before, after, peak))
 }
 
 /// A MAC-style device id unique to this run.

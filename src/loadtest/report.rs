@@ -54,8 +54,9 @@ pub struct Report {
     pub gateway_cpu_s: Option<f64>,
     /// The gateway's CPU seconds per talking-device minute.
     pub gateway_cpu_s_per_device_minute: Option<f64>,
+    /// The gateway's resident memory while all devices were connected.
     pub gateway_rss_bytes: Option<f64>,
-    /// Resident memory growth per connected device over the run.
+    /// Resident memory growth per connected device (before the run → all connected).
     pub gateway_rss_delta_per_device_bytes: Option<f64>,
 }
 
@@ -66,6 +67,7 @@ impl Report {
         elapsed: Duration,
         before: Option<(f64, f64)>,
         after: Option<(f64, f64)>,
+        peak: Option<(f64, f64)>,
     ) -> Report {
         let all = |f: fn(&DeviceReport) -> Option<f64>| reports.iter().filter_map(f).collect::<Vec<_>>();
         let eos: Vec<f64> = reports.iter().flat_map(|r| r.eos_to_first_audio_ms.iter().copied()).collect();
@@ -102,8 +104,8 @@ impl Report {
             gateway_cpu_s_per_device_minute: cpu
                 .filter(|_| args.devices > 0 && minutes > 0.0)
                 .map(|c| c / (args.devices as f64 * minutes)),
-            gateway_rss_bytes: after.map(|a| a.1),
-            gateway_rss_delta_per_device_bytes: match (before, after) {
+            gateway_rss_bytes: peak.or(after).map(|a| a.1),
+            gateway_rss_delta_per_device_bytes: match (before, peak.or(after)) {
                 (Some(b), Some(a)) if connected > 0 => Some((a.1 - b.1) / connected as f64),
                 _ => None,
             },
