@@ -7,6 +7,8 @@
 
 pub mod echo;
 pub mod local_tts;
+pub mod providers;
+pub mod sentences;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -3,11 +3,13 @@
 
 mod admin_api;
 mod bad_input;
+mod fake_openai;
 mod helpers;
 mod interop;
 mod ops;
 mod ota_auth;
 mod persistence;
+mod providers;
 mod storage_suite;
 mod store_suite;
 mod turns;
