@@ -57,6 +57,19 @@ settings_table! {
     "XIAOZHI_FIRMWARE_VERSION" => "ota.firmware_version", "", "Offer this firmware version to devices (with ota.firmware_url); empty: no update offered.";
     "XIAOZHI_FIRMWARE_URL" => "ota.firmware_url", "", "Download URL of the offered firmware.";
     "XIAOZHI_ACTIVATION" => "ota.activation", "false", "Ask unknown devices to activate with a code (off: devices connect at once).";
+    "XIAOZHI_ASR_URL" => "brain.asr_url", "", "OpenAI-compatible speech-to-text API base (e.g. https://api.openai.com/v1). The brain is on when this and XIAOZHI_LLM_URL are set; otherwise the echo brain answers.";
+    "XIAOZHI_ASR_MODEL" => "brain.asr_model", "whisper-1", "Speech-to-text model.";
+    "XIAOZHI_ASR_API_KEY" => "brain.asr_api_key", "", "Bearer key for the speech-to-text API.";
+    "XIAOZHI_LLM_URL" => "brain.llm_url", "", "OpenAI-compatible chat completions API base.";
+    "XIAOZHI_LLM_MODEL" => "brain.llm_model", "gpt-4o-mini", "Chat model.";
+    "XIAOZHI_LLM_API_KEY" => "brain.llm_api_key", "", "Bearer key for the chat API.";
+    "XIAOZHI_TTS_URL" => "brain.tts_url", "", "OpenAI-compatible text-to-speech API base; empty: the local synthesizer (espeak-ng).";
+    "XIAOZHI_TTS_MODEL" => "brain.tts_model", "tts-1", "Text-to-speech model.";
+    "XIAOZHI_TTS_API_KEY" => "brain.tts_api_key", "", "Bearer key for the text-to-speech API.";
+    "XIAOZHI_TTS_VOICE" => "brain.tts_voice", "alloy", "Voice asked of the text-to-speech API.";
+    "XIAOZHI_SYSTEM_PROMPT" => "brain.system_prompt", "You are a friendly voice assistant on a small speaker. Answer briefly, in the user's language, in plain sentences without lists or markup.", "System prompt for devices without their own (set per device through the admin API).";
+    "XIAOZHI_MEMORY_MESSAGES" => "brain.memory_messages", "10", "How many of the device's earlier messages go with each request.";
+    "XIAOZHI_PROVIDER_TIMEOUT_SECS" => "brain.provider_timeout_secs", "30", "Per-request timeout of each provider (first byte and gaps in streams).";
     "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres.";
     "DATABASE_URL" => "database.url", "", "A whole database URL; overrides the DB_* parts.";
     "DB_HOST" => "database.host", "localhost", "PostgreSQL host.";
@@ -309,6 +322,57 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub admin: AdminSettings,
     pub ops: OpsSettings,
+    pub brain: BrainSettings,
+}
+
+/// The conversation brain's providers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrainSettings {
+    #[serde(deserialize_with = "opt_string")]
+    pub asr_url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub asr_model: String,
+    #[serde(deserialize_with = "opt_string")]
+    pub asr_api_key: Option<String>,
+    #[serde(deserialize_with = "opt_string")]
+    pub llm_url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub llm_model: String,
+    #[serde(deserialize_with = "opt_string")]
+    pub llm_api_key: Option<String>,
+    #[serde(deserialize_with = "opt_string")]
+    pub tts_url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub tts_model: String,
+    #[serde(deserialize_with = "opt_string")]
+    pub tts_api_key: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub tts_voice: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub system_prompt: String,
+    pub memory_messages: i64,
+    pub provider_timeout_secs: u64,
+}
+
+impl Default for BrainSettings {
+    fn default() -> Self {
+        Self {
+            asr_url: None,
+            asr_model: "whisper-1".into(),
+            asr_api_key: None,
+            llm_url: None,
+            llm_model: "gpt-4o-mini".into(),
+            llm_api_key: None,
+            tts_url: None,
+            tts_model: "tts-1".into(),
+            tts_api_key: None,
+            tts_voice: "alloy".into(),
+            system_prompt: default_from_table("brain.system_prompt").to_owned(),
+            memory_messages: 10,
+            provider_timeout_secs: 30,
+        }
+    }
 }
 
 /// The admin API.
@@ -348,6 +412,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             admin: AdminSettings::default(),
             ops: OpsSettings::default(),
+            brain: BrainSettings::default(),
         }
     }
 }
@@ -437,6 +502,12 @@ impl Settings {
         }
         if self.auth.tokens.iter().any(|t| t.contains(char::is_whitespace)) {
             return invalid("auth.tokens", "tokens must not contain spaces".into());
+        }
+        if self.brain.asr_url.is_some() != self.brain.llm_url.is_some() {
+            return invalid(
+                "brain.llm_url",
+                "XIAOZHI_ASR_URL and XIAOZHI_LLM_URL go together (the brain needs both)".into(),
+            );
         }
         if self.storage.upload_workers == 0 || self.storage.upload_max_attempts == 0 {
             return invalid(

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use xiaozhi_gateway::config::Settings;
-use xiaozhi_gateway::pipeline::echo::EchoPipeline;
 use xiaozhi_gateway::server::{AppState, Server};
 
 #[derive(Parser)]
@@ -134,9 +133,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     use anyhow::Context;
     let listen = settings.listen;
     let drain = std::time::Duration::from_secs(settings.ops.drain_secs);
-    let app =
-        AppState::start(settings.clone(), Arc::new(EchoPipeline::new(settings.session.downlink_sample_rate)))
-            .await?;
+    let app = AppState::start_configured(settings).await?;
     let server = Server::bind(app.clone()).await.with_context(|| format!("cannot listen on {listen}"))?;
     tokio::spawn(drain_on_signal(app.clone(), drain));
     server.serve().await.context("server failed")?;

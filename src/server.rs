@@ -64,6 +64,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Storage(#[from] StorageError),
+    #[error("conversation brain: {0}")]
+    Brain(#[from] crate::pipeline::providers::ProviderError),
     #[error("cannot create {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
 }
@@ -72,8 +74,21 @@ pub enum StartError {
 const STORE_STARTUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AppState {
+    /// Starts with the brain the settings describe: the providers' pipeline when
+    /// `XIAOZHI_ASR_URL` and `XIAOZHI_LLM_URL` are set, the echo brain otherwise.
+    pub async fn start_configured(settings: Settings) -> Result<Arc<Self>, StartError> {
+        Self::start_inner(settings, None).await
+    }
+
     /// Connects and migrates the store, starts its writer, and assembles the state.
     pub async fn start(settings: Settings, pipeline: Arc<dyn Pipeline>) -> Result<Arc<Self>, StartError> {
+        Self::start_inner(settings, Some(pipeline)).await
+    }
+
+    async fn start_inner(
+        settings: Settings,
+        pipeline: Option<Arc<dyn Pipeline>>,
+    ) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
         crate::install_crypto_provider();
@@ -87,6 +102,10 @@ impl AppState {
         writer_config.on_commit = Some(wake_uploads.clone());
         writer_config.commit_latency = Some(metrics.store_commit.clone());
         let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
+        let pipeline = match pipeline {
+            Some(p) => p,
+            None => crate::pipeline::from_settings(&settings, &store, &metrics)?,
+        };
         let shutdown = CancellationToken::new();
         let uploads = UploadPool::start(
             store.clone(),

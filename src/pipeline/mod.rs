@@ -5,6 +5,7 @@
 //!
 //! The embedded default is [`echo::EchoPipeline`], which answers with the user's own voice.
 
+pub mod brain;
 pub mod echo;
 pub mod local_tts;
 pub mod providers;
@@ -22,6 +23,39 @@ use tokio::sync::mpsc;
 
 use crate::audio::ogg::{ClipFormat, DEFAULT_PRE_SKIP};
 use crate::session::downlink::{Downlink, ReplyProgress};
+
+/// The brain the settings describe: the providers' pipeline when ASR and LLM URLs are set,
+/// the echo brain otherwise.
+pub fn from_settings(
+    settings: &crate::config::Settings,
+    store: &crate::store::Store,
+    metrics: &Arc<crate::telemetry::metrics::Metrics>,
+) -> Result<Arc<dyn Pipeline>, providers::ProviderError> {
+    let b = &settings.brain;
+    let rate = settings.session.downlink_sample_rate;
+    let (Some(asr_url), Some(llm_url)) = (&b.asr_url, &b.llm_url) else {
+        return Ok(Arc::new(echo::EchoPipeline::new(rate)));
+    };
+    let timeout = Duration::from_secs(b.provider_timeout_secs);
+    let provider = |url: &str, model: &str, key: &Option<String>| {
+        let cfg = providers::ProviderConfig::new(url, model).with_timeout(timeout);
+        match key {
+            Some(k) => cfg.with_api_key(k.clone()),
+            None => cfg,
+        }
+    };
+    let config = brain::BrainConfig {
+        asr: provider(asr_url, &b.asr_model, &b.asr_api_key),
+        llm: provider(llm_url, &b.llm_model, &b.llm_api_key),
+        tts: b.tts_url.as_deref().map(|u| provider(u, &b.tts_model, &b.tts_api_key)),
+        voice: b.tts_voice.clone(),
+        default_prompt: b.system_prompt.clone(),
+        memory_messages: b.memory_messages,
+        downlink_rate: rate,
+    };
+    tracing::info!(asr = %asr_url, llm = %llm_url, tts = b.tts_url.as_deref().unwrap_or("local"), "conversation brain on");
+    Ok(Arc::new(brain::Brain::new(config, store.clone(), metrics.clone())?))
+}
 
 /// What the user said.
 #[derive(Debug, Clone)]

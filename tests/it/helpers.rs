@@ -22,6 +22,11 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Wraps a gateway the test started itself.
+    pub fn from_parts(addr: SocketAddr, app: Arc<AppState>) -> TestApp {
+        TestApp { addr, app, _data: tempfile::tempdir().expect("temp dir") }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/xiaozhi/v1/", self.addr)
     }

@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod bad_input;
+mod brain;
 mod fake_openai;
 mod helpers;
 mod interop;

@@ -1,0 +1,182 @@
+//! The conversation brain against a fake OpenAI-compatible server: streaming sentence by
+//! sentence, memory, abort cancelling the upstream request, and a spoken apology on failure.
+
+use std::time::Duration;
+
+use firmware_protocol::{ListenMode, ListenState, ServerMessage, TtsState};
+use xiaozhi_gateway::client::{DeviceClient, Event};
+use xiaozhi_gateway::config::Settings;
+use xiaozhi_gateway::server::AppState;
+use xiaozhi_gateway::server::Server;
+use xiaozhi_gateway::store::model::Role;
+
+use crate::fake_openai::{AsrScript, ChatScript, FakeOpenAi, SpeechScript, StreamEnd};
+use crate::helpers::*;
+
+/// A gateway whose brain talks to `fake`.
+async fn spawn_brain(fake: &FakeOpenAi) -> (TestApp, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.path().to_owned(),
+        ..Settings::default()
+    };
+    settings.session.vad_silence_ms = 400;
+    settings.brain.asr_url = Some(fake.base_url());
+    settings.brain.llm_url = Some(fake.base_url());
+    settings.brain.tts_url = Some(fake.base_url());
+    settings.brain.llm_api_key = Some("llm-key".into());
+    settings.brain.provider_timeout_secs = 5;
+    let app = AppState::start_configured(settings).await.expect("gateway with a brain starts");
+    let server = Server::bind(app.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve());
+    (TestApp::from_parts(addr, app), data)
+}
+
+async fn speak(dev: &mut DeviceClient) {
+    let mut uplink = speech_packets();
+    uplink.extend(silence_packets(10));
+    dev.tx.listen_start(ListenMode::Auto).await.unwrap();
+    dev.tx.stream_audio(&uplink, Duration::from_millis(5)).await.unwrap();
+}
+
+async fn stored(app: &TestApp, session: &str) -> Vec<(Role, String, bool)> {
+    let id = uuid::Uuid::parse_str(session).unwrap();
+    for _ in 0..100 {
+        app.app.writer.flush().await;
+        let m = app.app.store.session_messages(id).await.unwrap();
+        if m.len() >= 2 {
+            return m.into_iter().map(|m| (m.role, m.content, m.interrupted)).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("turn not stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_turn_streams_sentences_and_is_remembered() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("what time is it"));
+    fake.push_chat(ChatScript::reply_paced(
+        &["It is", " noon.", " Have a", " nice day."],
+        Duration::from_millis(250),
+    ));
+    fake.set_speech(SpeechScript::sine_pcm(440.0, 300));
+    let (app, _data) = spawn_brain(&fake).await;
+    let cfg = app.device();
+    let device = cfg.device_id.clone().unwrap();
+    app.app.store.set_system_prompt(&device, "You are a pirate.").await.unwrap();
+    let mut dev = DeviceClient::connect(&cfg).await.unwrap();
+    speak(&mut dev).await;
+
+    // Read in arrival order: the first audio must come before the second sentence exists.
+    let mut order = Vec::new();
+    loop {
+        match dev.rx.next_within(Duration::from_secs(20)).await.unwrap() {
+            Event::Audio { .. } => {
+                if order.last() != Some(&"audio".to_owned()) {
+                    order.push("audio".to_owned());
+                }
+            }
+            Event::Json(ServerMessage::Stt { text }) => order.push(format!("stt:{text}")),
+            Event::Json(ServerMessage::Tts { state: TtsState::SentenceStart, text }) => {
+                order.push(format!("sentence:{}", text.unwrap_or_default()))
+            }
+            Event::Json(ServerMessage::Tts { state: TtsState::Stop, .. }) => break,
+            Event::Json(_) => {}
+            Event::Closed(c) => panic!("closed: {c:?}"),
+        }
+    }
+    assert_eq!(
+        order,
+        ["stt:what time is it", "sentence:It is noon.", "audio", "sentence:Have a nice day.", "audio"],
+        "sentences are spoken as the model produces them"
+    );
+    let chat = fake.last_request("/chat/completions").unwrap();
+    assert_eq!(chat.bearer(), Some("llm-key"));
+    let messages = chat.json_field("messages").as_array().unwrap().clone();
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(messages[0]["content"], "You are a pirate.");
+    assert_eq!(messages.last().unwrap()["content"], "what time is it");
+    let asr = fake.last_request("/audio/transcriptions").unwrap();
+    assert!(asr.field("file").is_some());
+
+    let rows = stored(&app, dev.session_id()).await;
+    assert_eq!(rows[0], (Role::User, "what time is it".into(), false));
+    assert_eq!(rows[1], (Role::Assistant, "It is noon. Have a nice day.".into(), false));
+
+    // A new session of the same device: the model hears the earlier exchange.
+    drop(dev);
+    fake.push_chat(ChatScript::reply(&["Yes."]));
+    let mut dev = DeviceClient::connect(&cfg).await.unwrap();
+    dev.tx.listen(ListenState::Detect, None, Some("do you remember me")).await.unwrap();
+    collect_reply(&mut dev.rx, Duration::from_secs(20), Duration::ZERO).await;
+    let messages =
+        fake.last_request("/chat/completions").unwrap().json_field("messages").as_array().unwrap().clone();
+    let contents: Vec<&str> = messages.iter().filter_map(|m| m["content"].as_str()).collect();
+    assert!(
+        contents.contains(&"what time is it") && contents.contains(&"It is noon. Have a nice day."),
+        "{contents:?}"
+    );
+    assert_eq!(contents.last(), Some(&"do you remember me"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_cancels_the_model_and_keeps_what_was_said() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("tell me a long story"));
+    let tokens =
+        ["Once upon a time.", " There was a king.", " He had a cat.", " The cat was grey.", " The end."];
+    fake.push_chat(ChatScript::reply_paced(&tokens, Duration::from_millis(700)));
+    fake.set_speech(SpeechScript::sine_pcm(440.0, 300));
+    let (app, _data) = spawn_brain(&fake).await;
+    let mut dev = app.connect().await;
+    speak(&mut dev).await;
+    loop {
+        if let Event::Audio { .. } = dev.rx.next_within(Duration::from_secs(20)).await.unwrap() {
+            break;
+        }
+    }
+    dev.tx.abort(None).await.unwrap();
+    let rest = collect_reply(&mut dev.rx, Duration::from_secs(5), Duration::from_millis(300)).await;
+    assert_eq!(rest.frames_after_stop, 0);
+    let end = fake.stream_end(0, Duration::from_secs(5)).await;
+    assert_eq!(end, Some(StreamEnd::Cancelled), "the model's stream was closed by the gateway");
+    let rows = stored(&app, dev.session_id()).await;
+    assert_eq!(rows[1].0, Role::Assistant);
+    assert!(rows[1].2, "marked interrupted");
+    assert!(rows[1].1.starts_with("Once upon a time."), "{}", rows[1].1);
+    assert!(!rows[1].1.contains("The end."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_gets_a_spoken_apology_and_the_session_goes_on() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("hello"));
+    fake.push_chat(ChatScript::Status(500, "upstream exploded".into()));
+    let (app, _data) = spawn_brain(&fake).await;
+    let mut dev = app.connect().await;
+    speak(&mut dev).await;
+    let reply = collect_reply(&mut dev.rx, Duration::from_secs(20), Duration::ZERO).await;
+    assert_eq!(reply.sentences().len(), 1);
+    assert!(reply.sentences()[0].starts_with("Sorry"));
+    assert!(!reply.frames.is_empty(), "the apology is spoken");
+
+    fake.push_chat(ChatScript::reply(&["Hi there."]));
+    dev.tx.listen(ListenState::Detect, None, Some("hello again")).await.unwrap();
+    let reply = collect_reply(&mut dev.rx, Duration::from_secs(20), Duration::ZERO).await;
+    assert_eq!(reply.sentences(), vec!["Hi there."]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_transcript_ends_the_turn_without_the_model() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("  "));
+    let (app, _data) = spawn_brain(&fake).await;
+    let mut dev = app.connect().await;
+    speak(&mut dev).await;
+    expect_quiet(&mut dev.rx, Duration::from_millis(1500)).await;
+    assert!(fake.requests_to("/audio/transcriptions").len() == 1);
+    assert!(fake.requests_to("/chat/completions").is_empty());
+}
