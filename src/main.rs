@@ -145,9 +145,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     if tokio::time::timeout(std::time::Duration::from_secs(15), app.writer.flush()).await.is_err() {
+        // The database is away: keep what is still in memory on disk for the next start.
+        app.writer.abandon();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(20), app.writer.flush()).await;
         tracing::error!(
-            backlog = app.writer.stats().backlog(),
-            "database unreachable at exit; unwritten turns stay spilled on disk for the next start"
+            spilled = app.writer.stats().spilled.load(std::sync::atomic::Ordering::Relaxed),
+            "database unreachable at exit; unwritten turns are kept in the spill directory for the next start"
         );
     }
     tracing::info!("stopped");

@@ -148,11 +148,36 @@ async fn get_conversation(
     }
 }
 
+/// Closes the device's live session (if any, or only the one with `session_id`) and waits until
+/// everything it handed to the store is written, so a deletion that follows is not undone by a
+/// turn still in the queue.
+async fn settle(app: &AppState, device: Option<&str>, session_id: Option<Uuid>) {
+    let live: Vec<(String, String, tokio::sync::mpsc::Sender<SessionCommand>)> = app
+        .sessions
+        .iter_device_ids()
+        .into_iter()
+        .filter(|d| device.is_none_or(|x| x == d))
+        .filter_map(|d| app.sessions.get(&d).map(|e| (d, e.session_id, e.commands)))
+        .filter(|(_, s, _)| session_id.is_none_or(|id| *s == id.to_string()))
+        .collect();
+    for (_, _, commands) in &live {
+        let _ = commands.try_send(SessionCommand::Close);
+    }
+    for _ in 0..40 {
+        if live.iter().all(|(d, s, _)| app.sessions.get(d).is_none_or(|now| now.session_id != *s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), app.writer.flush()).await;
+}
+
 async fn delete_conversation(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = parse_uuid(&id, "session_id")?;
+    settle(&app, None, Some(id)).await;
     if app.store.delete_session(id).await? {
         app.uploads.wake();
         Ok(StatusCode::NO_CONTENT)
@@ -260,6 +285,7 @@ async fn forget_device(
     Path(device): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let device = device.to_ascii_lowercase();
+    settle(&app, Some(&device), None).await;
     let sessions = app.store.delete_device_data(&device).await?;
     app.uploads.wake();
     Ok(Json(json!({ "device_id": device, "sessions_deleted": sessions })))
@@ -287,8 +313,16 @@ async fn say(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the device is not connected"))?;
     let (done, result) = tokio::sync::oneshot::channel();
     let gone = || ApiError::new(StatusCode::NOT_FOUND, "the device disconnected");
-    entry.commands.send(SessionCommand::Say { text, done }).await.map_err(|_| gone())?;
-    match result.await.map_err(|_| gone())? {
+    let busy = || ApiError::new(StatusCode::CONFLICT, "the device's session is not answering");
+    tokio::time::timeout(Duration::from_secs(5), entry.commands.send(SessionCommand::Say { text, done }))
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| gone())?;
+    match tokio::time::timeout(Duration::from_secs(5), result)
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| gone())?
+    {
         Ok(()) => {
             Ok((StatusCode::ACCEPTED, Json(json!({ "device_id": device, "session_id": entry.session_id }))))
         }

@@ -55,11 +55,12 @@ pub struct ReplyProgress {
 pub struct DownlinkStats {
     pub frames: u64,
     pub bytes: u64,
-    /// Frames sent more than [`LATE_THRESHOLD`] after their due time.
+    /// Frames sent when the device had already run out of the reply's audio for more than
+    /// [`LATE_THRESHOLD`] (an audible gap).
     pub late_frames: u64,
 }
 
-/// A frame sent later than this after its due time counts as late.
+/// A frame sent this long after the device ran dry counts as late.
 pub const LATE_THRESHOLD: Duration = Duration::from_millis(20);
 
 /// Pacing parameters for one connection.
@@ -89,18 +90,20 @@ pub async fn run(
 
     while let Some(cmd) = rx.recv().await {
         let result = match cmd {
-            Downlink::Text(text) => sink.send(Message::Text(text.into())).await,
+            Downlink::Text(text) => send(&mut sink, Message::Text(text.into())).await,
             Downlink::ReplyText { reply, text } => {
                 if is_cancelled(&cancelled, reply) {
                     continue;
                 }
-                sink.send(Message::Text(text.into())).await
+                send(&mut sink, Message::Text(text.into())).await
             }
             Downlink::Audio { reply, packet, duration, progress } => {
                 if is_cancelled(&cancelled, reply) {
                     continue;
                 }
                 let now = Instant::now();
+                // Late: the device ran out of this reply's audio more than the threshold ago.
+                let late = reply == current_reply && now.saturating_duration_since(play_end) > LATE_THRESHOLD;
                 if reply != current_reply {
                     // What a cancelled reply had queued on the device was flushed by its
                     // `tts stop`: the next reply starts on a fresh clock, with its prebuffer.
@@ -131,9 +134,8 @@ pub async fn run(
                     },
                 };
                 let len = data.len() as u64;
-                let late = Instant::now().saturating_duration_since(due) > LATE_THRESHOLD;
                 play_end += duration;
-                let result = sink.send(Message::Binary(data)).await;
+                let result = send(&mut sink, Message::Binary(data)).await;
                 if result.is_ok() {
                     stats.frames += 1;
                     stats.bytes += len;
@@ -155,14 +157,16 @@ pub async fn run(
                 let mut sent = Ok(());
                 if !is_cancelled(&cancelled, reply) && wait_until(play_end, &mut cancelled, reply).await {
                     sent =
-                        sink.send(Message::Text(ServerMessage::tts(TtsState::Stop).to_json().into())).await;
+                        send(&mut sink, Message::Text(ServerMessage::tts(TtsState::Stop).to_json().into()))
+                            .await;
                 }
                 let _ = events.send(WriterEvent::PlaybackDone { reply });
                 sent
             }
             Downlink::Close { code, reason } => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                let _ = sink.flush().await;
+                let _ =
+                    send(&mut sink, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await;
                 break;
             }
         };
@@ -172,6 +176,18 @@ pub async fn run(
         }
     }
     stats
+}
+
+/// How long one socket write may take before the device counts as gone (a peer that stopped
+/// reading without closing would otherwise hold the session until TCP gives up).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one message, failing after [`WRITE_TIMEOUT`].
+async fn send(sink: &mut SplitSink<WebSocket, Message>, msg: Message) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// Sleeps until `at`; returns false early if reply `reply` is cancelled meanwhile.

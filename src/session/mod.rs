@@ -53,6 +53,9 @@ pub mod close {
 
 /// The downlink frame duration the gateway announces and paces by.
 pub const DOWNLINK_FRAME_MS: u32 = 60;
+/// The largest uplink packet accepted: 120 ms of Opus at its highest bitrate is ~3.8 KB; the
+/// browser page's three-frame CELT packets are ~2.4 KB.
+const MAX_OPUS_PACKET: usize = 4000;
 /// Commands the writer may hold before a producer waits (a few frames of audio).
 const DOWNLINK_QUEUE: usize = 8;
 /// How long to wait for the writer to flush a Close before dropping the connection.
@@ -340,7 +343,13 @@ impl Session {
                     Some(Err(e)) => return read_error(e),
                     None => return End::PeerGone,
                 },
-                Some(cmd) = commands.recv() => self.on_command(cmd),
+                Some(cmd) = commands.recv() => {
+                    if let SessionCommand::Close = cmd {
+                        info!("closed by an operator");
+                        return End::Close(close::NORMAL, "conversation deleted");
+                    }
+                    self.on_command(cmd)
+                }
                 Some(event) = events.recv() => match event {
                     WriterEvent::PlaybackDone { reply } => self.on_playback_done(reply),
                     WriterEvent::SocketFailed => return End::PeerGone,
@@ -412,9 +421,14 @@ impl Session {
             }
             ListenState::Stop => {
                 debug!("listen stop");
+                // Push-to-talk released: the turn is complete. In the other modes a stop only
+                // ends a turn the user had actually started speaking.
+                let complete = self.listening == Some(ListenMode::Manual) || self.buffer.speech_started();
                 self.listening = None;
-                if !self.buffer.is_empty() {
+                if complete && !self.buffer.is_empty() {
                     self.end_voice_turn();
+                } else {
+                    self.buffer.reset();
                 }
             }
             ListenState::Detect => {
@@ -448,6 +462,7 @@ impl Session {
                 };
                 let _ = done.send(result);
             }
+            SessionCommand::Close => {}
         }
     }
 
@@ -480,6 +495,10 @@ impl Session {
             // Idle: e.g. the wake-word pre-roll burst before `listen detect`.
             return;
         };
+        if payload.len() > MAX_OPUS_PACKET {
+            warn!(len = payload.len(), "uplink packet larger than any real Opus packet dropped");
+            return;
+        }
         let duration = match firmware_protocol::opus::packet_duration_us(&payload) {
             Ok(us) => Duration::from_micros(u64::from(us)),
             Err(e) => {
@@ -527,6 +546,11 @@ impl Session {
             "user turn"
         );
         self.last_activity = Instant::now();
+        // One reply at a time: a new turn replaces whatever was still being said.
+        if let Some(r) = self.reply.take() {
+            r.cancel.cancel();
+            self.cancel_tx.send_replace(r.id);
+        }
         self.spawn_reply(TurnInput::Voice(utterance));
     }
 
@@ -627,13 +651,15 @@ impl Session {
 
     /// Barge-in: like [`Self::interrupt`] but the user's new speech stays buffered.
     async fn interrupt_keeping_audio(&mut self) {
+        if self.reply.is_some() {
+            self.app.metrics.barge_ins.increment(1);
+        }
         self.cancel_reply();
         self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
     }
 
     fn cancel_reply(&mut self) {
         if let Some(r) = self.reply.take() {
-            self.app.metrics.barge_ins.increment(1);
             r.cancel.cancel();
             self.cancel_tx.send_replace(r.id);
         }

@@ -69,7 +69,9 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
     }
     clips.extend(user_clip);
 
-    let spoken = reply.spoken_audio();
+    // A finished reply is still being played out (its tail is queued for pacing): it will all
+    // be sent. A cut reply counts what actually went out.
+    let spoken = if interrupted { reply.spoken_audio() } else { reply.queued_audio() };
     if reply.started() || !reply.sentences().is_empty() || !spoken.is_empty() {
         // Strictly after the user's message, so ordering by time agrees with the sequence.
         let at = Utc::now().max(ctx.heard_at + chrono::Duration::microseconds(1));

@@ -20,6 +20,8 @@ pub enum CommandError {
 pub enum SessionCommand {
     /// Speak `text` to the device now (`tts start`, audio, `tts stop`).
     Say { text: String, done: oneshot::Sender<Result<(), CommandError>> },
+    /// Close the session now (its data is being deleted).
+    Close,
 }
 
 /// How to reach one live session.

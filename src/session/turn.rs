@@ -11,6 +11,9 @@ use crate::audio::opus::UplinkDecoder;
 use crate::audio::vad::{Endpoint, Endpointer, Verdict, VoiceDetector};
 use crate::pipeline::Utterance;
 
+/// Byte budget per second of the utterance cap (Opus speech is ~2 KB/s; the browser's CELT
+/// packets ~40 KB/s stay well under the cap's total for real turns).
+const MAX_BYTES_PER_SEC: u64 = 48 * 1024;
 /// Audio kept before the first voiced packet, so the utterance does not start mid-syllable.
 const PRE_ROLL: Duration = Duration::from_millis(300);
 /// Audio kept after the last voiced packet.
@@ -31,6 +34,8 @@ pub enum TurnEvent {
 pub struct TurnBuffer {
     packets: VecDeque<(Bytes, Duration)>,
     duration: Duration,
+    /// Bytes held (the memory cap).
+    bytes: usize,
     /// Index (into `packets`) one past the last voiced packet.
     voiced_end: usize,
     max: Duration,
@@ -52,6 +57,7 @@ impl TurnBuffer {
         Self {
             packets: VecDeque::new(),
             duration: Duration::ZERO,
+            bytes: 0,
             voiced_end: 0,
             max,
             vad: None,
@@ -75,10 +81,17 @@ impl TurnBuffer {
 
     /// Adds a packet without voice detection (push-to-talk keeps everything).
     pub fn push_raw(&mut self, packet: Bytes, duration: Duration) -> TurnEvent {
+        self.bytes += packet.len();
         self.packets.push_back((packet, duration));
         self.duration += duration;
         self.voiced_end = self.packets.len();
-        if self.duration >= self.max { TurnEvent::Complete } else { TurnEvent::None }
+        if self.over_cap() { TurnEvent::Complete } else { TurnEvent::None }
+    }
+
+    /// The length cap, in audio time and in bytes (the durations come from packet headers a
+    /// peer controls, so the bytes are capped too: 6 KB per second of the cap).
+    fn over_cap(&self) -> bool {
+        self.duration >= self.max || self.bytes as u64 >= self.max.as_secs().max(1) * MAX_BYTES_PER_SEC
     }
 
     /// Adds a packet and runs voice detection on it.
@@ -89,6 +102,7 @@ impl TurnBuffer {
             Some(v) => v.endpointer.push_verdict(verdict, duration),
             None => Endpoint::Waiting,
         };
+        self.bytes += packet.len();
         self.packets.push_back((packet, duration));
         self.duration += duration;
         if voiced {
@@ -100,7 +114,7 @@ impl TurnBuffer {
                 TurnEvent::None
             }
             Endpoint::SpeechStarted => TurnEvent::SpeechStarted,
-            Endpoint::InSpeech if self.duration >= self.max => TurnEvent::Complete,
+            Endpoint::InSpeech if self.over_cap() => TurnEvent::Complete,
             Endpoint::InSpeech => TurnEvent::None,
             Endpoint::SpeechEnded => TurnEvent::Complete,
         }
@@ -124,8 +138,9 @@ impl TurnBuffer {
     /// Before speech, keep only the pre-roll.
     fn trim_pre_roll(&mut self) {
         while self.duration > PRE_ROLL + self.packets.front().map_or(Duration::ZERO, |p| p.1) {
-            if let Some((_, d)) = self.packets.pop_front() {
+            if let Some((p, d)) = self.packets.pop_front() {
                 self.duration -= d;
+                self.bytes -= p.len();
                 self.voiced_end = self.voiced_end.saturating_sub(1);
             }
         }
@@ -150,6 +165,7 @@ impl TurnBuffer {
     pub fn reset(&mut self) {
         self.packets.clear();
         self.duration = Duration::ZERO;
+        self.bytes = 0;
         self.voiced_end = 0;
         if let Some(v) = self.vad.as_mut() {
             v.decoder.reset();

@@ -115,10 +115,10 @@ pub(crate) fn sql_for(pool: &Pool, q: &'static str) -> &'static str {
     match pool {
         Pool::Postgres(_) => q,
         Pool::Sqlite(_) => {
-            static CACHE: Mutex<Option<HashMap<usize, &'static str>>> = Mutex::new(None);
+            static CACHE: Mutex<Option<HashMap<(usize, usize), &'static str>>> = Mutex::new(None);
             let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
             let map = guard.get_or_insert_with(HashMap::new);
-            map.entry(q.as_ptr() as usize ^ q.len())
+            map.entry((q.as_ptr() as usize, q.len()))
                 .or_insert_with(|| Box::leak(q.replace('$', "?").into_boxed_str()))
         }
     }

@@ -102,7 +102,7 @@ impl Store {
     }
 
     /// Records a finished upload and drops the staged bytes, atomically. Returns false when the
-    /// clip's row is gone (deleted while uploading): the caller then deletes the object.
+    /// clip was not pending any more (deleted, or given up by another worker meanwhile).
     pub async fn mark_uploaded(&self, file_id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError> {
         const MARK: &str = "UPDATE audio_files SET upload_status = 'uploaded', uploaded_at = $2, last_error = NULL, \
              upload_attempts = upload_attempts + 1 WHERE file_id = $1 AND upload_status = 'pending'";
@@ -110,7 +110,11 @@ impl Store {
         Ok(with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(self.sql(MARK)).bind(file_id).bind(Ts(at)).execute(&mut *tx).await?.rows_affected();
-            sqlx::query(self.sql(UNSTAGE)).bind(file_id).execute(&mut *tx).await?;
+            // Only a clip this upload completed loses its staged bytes: one given up meanwhile
+            // keeps them for an operator retry.
+            if n > 0 {
+                sqlx::query(self.sql(UNSTAGE)).bind(file_id).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             n > 0
         }))
@@ -140,7 +144,7 @@ impl Store {
 
     /// Puts failed clips back in the queue (operator retry). Returns how many.
     pub async fn retry_failed_clips(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        const RETRY: &str = "UPDATE audio_files SET upload_status = 'pending', next_attempt_at = $1 \
+        const RETRY: &str = "UPDATE audio_files SET upload_status = 'pending', next_attempt_at = $1, upload_attempts = 0 \
              WHERE upload_status = 'failed' AND EXISTS (SELECT 1 FROM audio_staging s WHERE s.file_id = audio_files.file_id)";
         Ok(
             with_pool!(self, p => sqlx::query(self.sql(RETRY)).bind(Ts(now)).execute(p).await?.rows_affected()),

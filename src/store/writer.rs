@@ -66,6 +66,8 @@ pub struct WriterStats {
     pub last_commit_us: AtomicU64,
     /// Whether the last commit attempt failed (the database is away).
     pub failing: std::sync::atomic::AtomicBool,
+    /// Set at exit when the database is away: ops go to disk instead of being retried.
+    pub abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl WriterStats {
@@ -144,6 +146,12 @@ impl StoreWriter {
         warn!("store queue full; turn spilled to disk");
     }
 
+    /// At exit with the database away: stop retrying, write everything still in memory to the
+    /// spill directory (replayed at the next start). Follow with [`StoreWriter::flush`].
+    pub fn abandon(&self) {
+        self.stats.abandoned.store(true, Ordering::Relaxed);
+    }
+
     /// Waits until everything submitted before this call is committed (or dead-lettered).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -192,7 +200,8 @@ impl Worker {
             }
             self.stats.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.stats.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
-            if self.stats.spilled.load(Ordering::Relaxed) > 0 {
+            if self.stats.spilled.load(Ordering::Relaxed) > 0 && !self.stats.abandoned.load(Ordering::Relaxed)
+            {
                 self.replay_spilled().await;
             }
             for f in flushes {
@@ -207,6 +216,10 @@ impl Worker {
     async fn commit(&self, batch: &[StoreOp]) {
         let mut delay = Duration::from_millis(50);
         loop {
+            if self.stats.abandoned.load(Ordering::Relaxed) {
+                self.spill_batch(batch);
+                return;
+            }
             let started = Instant::now();
             match self.store.write_batch(batch).await {
                 Ok(()) => {
@@ -243,6 +256,18 @@ impl Worker {
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// Writes a batch to the spill directory (it is replayed at the next start).
+    fn spill_batch(&self, batch: &[StoreOp]) {
+        for op in batch {
+            match write_op_file(&self.config.spill_dir, op) {
+                Ok(()) => {
+                    self.stats.spilled.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => error!(error = %e, "could not keep a store write on disk at exit; it is lost"),
             }
         }
     }

@@ -131,7 +131,8 @@ impl Worker {
         let now = Utc::now();
         let lease_until =
             now + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::MAX);
-        let claimed = match self.store.claim_pending_clips(4, now, lease_until).await {
+        // One clip per claim: its lease then only has to cover one upload.
+        let claimed = match self.store.claim_pending_clips(1, now, lease_until).await {
             Ok(c) => c,
             Err(e) => {
                 debug!(error = %e, "cannot claim clips (database away?)");
@@ -160,8 +161,11 @@ impl Worker {
                     self.stats.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
                 }
                 Ok(false) => {
-                    // The rows were deleted while we uploaded: do not leave an orphan.
-                    let _ = self.storage.delete(&clip.object_key).await;
+                    // Deleted while we uploaded: do not leave an orphan. (A clip another worker
+                    // gave up on meanwhile keeps its row, its bytes and this object.)
+                    if let Ok(None) = self.store.clip(clip.file_id).await {
+                        let _ = self.storage.delete(&clip.object_key).await;
+                    }
                 }
                 Err(e) => {
                     // Uploaded but not recorded: the lease expires and the PUT is repeated,

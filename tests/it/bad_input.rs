@@ -192,3 +192,21 @@ async fn limits_and_shutdown_apply_before_the_hello_too() {
     assert_eq!(raw_close_code(&mut waiting).await, Some(1001), "no hello yet");
     assert_eq!(expect_close(&mut talking.rx, LIMIT).await, Some(1001), "in session");
 }
+
+#[tokio::test]
+async fn packets_larger_than_any_opus_packet_are_dropped() {
+    let app = spawn_app().await;
+    let mut dev = app.connect().await;
+    let packets = speech_packets();
+    dev.tx.listen_start(ListenMode::Manual).await.unwrap();
+    for _ in 0..50 {
+        // Claims 2.5 ms each (CELT config 16), carries 5 KB: a memory attack, not audio.
+        let mut big = vec![16u8 << 3];
+        big.resize(5000, 0x55);
+        dev.tx.audio(&big).await.unwrap();
+    }
+    dev.tx.stream_audio(&packets, Duration::ZERO).await.unwrap();
+    dev.tx.listen(ListenState::Stop, None, None).await.unwrap();
+    let reply = collect_reply(&mut dev.rx, LIMIT, Duration::ZERO).await;
+    assert_eq!(reply.frames.len(), packets.len(), "only the real packets were heard");
+}

@@ -496,3 +496,41 @@ async fn sqlite_outage_loses_no_turn() {
 async fn postgres_outage_loses_no_turn() {
     the_database_going_away_loses_no_turn(TestDb::with_outages(Kind::Postgres).await).await
 }
+
+/// At exit with the database away, what the writer still holds goes to disk, and the next
+/// writer (the restarted gateway) commits it.
+async fn writes_abandoned_at_exit_are_committed_after_restart(mut db: TestDb) {
+    let (writer, _task) = StoreWriter::start(db.store.clone(), WriterConfig::new(db.dir.path()));
+    let s = session("aa:00:00:00:00:09", Utc::now());
+    db.go_away().await;
+    for t in 0..5 {
+        writer.submit(op(turn(&s, t * 2, Utc::now())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.abandon();
+    tokio::time::timeout(Duration::from_secs(30), writer.flush()).await.expect("abandoned writes go to disk");
+    assert_eq!(writer.stats().spilled.load(std::sync::atomic::Ordering::Relaxed), 5);
+    drop(writer);
+    db.come_back().await;
+    let (again, _task) = StoreWriter::start(db.store.clone(), WriterConfig::new(db.dir.path()));
+    again.submit(StoreOp::SessionEnded { session: s.clone(), ended_at: Utc::now() });
+    again.flush().await;
+    for _ in 0..100 {
+        if db.store.session_messages(s.session_id).await.unwrap().len() == 10 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        again.flush().await;
+    }
+    panic!("spilled turns were not replayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_abandoned_writes_survive_a_restart() {
+    writes_abandoned_at_exit_are_committed_after_restart(TestDb::with_outages(Kind::Sqlite).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_abandoned_writes_survive_a_restart() {
+    writes_abandoned_at_exit_are_committed_after_restart(TestDb::with_outages(Kind::Postgres).await).await
+}
