@@ -14,7 +14,7 @@ use crate::fake_openai::{AsrScript, ChatScript, FakeOpenAi, SpeechScript, Stream
 use crate::helpers::*;
 
 /// A gateway whose brain talks to `fake`.
-async fn spawn_brain(fake: &FakeOpenAi) -> (TestApp, tempfile::TempDir) {
+pub async fn spawn_brain(fake: &FakeOpenAi) -> (TestApp, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -179,4 +179,26 @@ async fn an_empty_transcript_ends_the_turn_without_the_model() {
     expect_quiet(&mut dev.rx, Duration::from_millis(1500)).await;
     assert!(fake.requests_to("/audio/transcriptions").len() == 1);
     assert!(fake.requests_to("/chat/completions").is_empty());
+}
+
+/// The independent client hears a brain turn: transcript, a sentence, audio it can decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_xiaozhi_sdk_completes_a_turn_with_the_brain_on() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("turn on the kitchen lights"));
+    fake.set_chat(ChatScript::reply(&["The kitchen lights are on."]));
+    fake.set_speech(SpeechScript::sine_pcm(440.0, 700));
+    let (app, _data) = spawn_brain(&fake).await;
+    let report = crate::interop::drive(vec![
+        "--ws-url".into(),
+        app.ws_url(),
+        "--wav".into(),
+        crate::interop::speech_wav(),
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["stt"], "turn on the kitchen lights");
+    assert_eq!(report["sentences"][0], "The kitchen lights are on.");
+    assert!(report["audio_packets"].as_u64().unwrap() >= 10, "{report:#}");
+    assert_eq!(report["sdk"]["audio_decode_errors"], 0);
 }

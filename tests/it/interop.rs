@@ -24,7 +24,7 @@ fn sdk_python() -> &'static str {
 }
 
 /// Runs the driver with `args` and returns its JSON report.
-async fn drive(args: Vec<String>) -> Value {
+pub async fn drive(args: Vec<String>) -> Value {
     let py = sdk_python().to_owned();
     tokio::task::spawn_blocking(move || {
         let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sdk_driver.py");
@@ -38,7 +38,7 @@ async fn drive(args: Vec<String>) -> Value {
     .unwrap()
 }
 
-fn speech_wav() -> String {
+pub fn speech_wav() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech-16k.wav").to_owned()
 }
 
