@@ -81,6 +81,8 @@ pub struct Turn {
     pub device_id: Arc<str>,
     pub session_id: Arc<str>,
     pub input: TurnInput,
+    /// The device's own tools (MCP), when it has any.
+    pub tools: Option<Arc<crate::session::mcp::McpClient>>,
 }
 
 /// Why a turn could not be answered.
@@ -98,6 +100,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Pipeline: Send + Sync + 'static {
     /// Answers one turn through `reply`. Must stop promptly when the future is dropped.
     fn respond<'a>(&'a self, turn: Turn, reply: &'a mut Reply) -> BoxFuture<'a, Result<(), PipelineError>>;
+
+    /// Whether this brain calls device tools (sessions then discover them over MCP).
+    fn uses_device_tools(&self) -> bool {
+        false
+    }
 }
 
 /// The mouth a pipeline speaks through. Audio goes to the session's writer, which paces it;
@@ -119,6 +126,17 @@ pub struct Reply {
     progress: Arc<ReplyProgress>,
     /// How the reply's packets were encoded (for the clip's header).
     clip_format: ClipFormat,
+    /// Tool calls made while answering.
+    tools: Vec<ToolExchange>,
+}
+
+/// One tool call of a reply and what it returned.
+#[derive(Debug, Clone)]
+pub struct ToolExchange {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    pub result: String,
 }
 
 impl Reply {
@@ -139,6 +157,7 @@ impl Reply {
             audio_duration: Duration::ZERO,
             progress,
             clip_format: ClipFormat { input_rate: 16_000, pre_skip: DEFAULT_PRE_SKIP },
+            tools: Vec::new(),
         }
     }
 
@@ -160,6 +179,21 @@ impl Reply {
     pub fn spoken_audio(&self) -> &[Bytes] {
         let n = self.progress.sent.load(Ordering::Relaxed).min(self.audio.len());
         &self.audio[..n]
+    }
+
+    /// Asks the session to close once this reply has played (the "end conversation" tool).
+    pub fn end_conversation(&self) {
+        self.progress.end_conversation.store(true, Ordering::Relaxed);
+    }
+
+    /// Records a tool call the model made and its result (stored with the turn).
+    pub fn record_tool(&mut self, call: ToolExchange) {
+        self.tools.push(call);
+    }
+
+    /// The tool calls of this reply, in order.
+    pub fn tool_exchanges(&self) -> &[ToolExchange] {
+        &self.tools
     }
 
     /// Every packet handed to the writer.

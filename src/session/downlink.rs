@@ -48,6 +48,8 @@ pub struct ReplyProgress {
     pub sent: AtomicUsize,
     /// When the user's turn ended, and where to record the time to the first reply frame.
     pub first_audio: Option<(Instant, metrics::Histogram)>,
+    /// Set by the pipeline: close the session once this reply has played.
+    pub end_conversation: std::sync::atomic::AtomicBool,
 }
 
 /// Counters the writer keeps for its session.

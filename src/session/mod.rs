@@ -8,6 +8,7 @@
 //! log line, answered, or a close with a code.
 
 pub mod downlink;
+pub mod mcp;
 pub mod record;
 pub mod registry;
 pub mod turn;
@@ -202,6 +203,20 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
     let writer =
         tokio::spawn(downlink::run(sink, rx, cancel_rx, events_tx.clone(), pacing).in_current_span());
 
+    let mcp = (hello.has_mcp() && app.pipeline.uses_device_tools())
+        .then(|| Arc::new(mcp::McpClient::new(tx.clone())));
+    if let Some(client) = &mcp {
+        let client = client.clone();
+        tokio::spawn(
+            async move {
+                match client.discover(None).await {
+                    Ok(n) => info!(tools = n, "device tools discovered"),
+                    Err(e) => warn!(error = %e, "device MCP discovery failed; no device tools this session"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
     let (commands_tx, commands_rx) = mpsc::channel(8);
     let entry = SessionEntry {
         session_id: conn.session_id.clone(),
@@ -226,6 +241,7 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         next_reply: 1,
         record: session_record,
         next_seq: 0,
+        mcp,
         last_activity: Instant::now(),
         tx,
         cancel_tx,
@@ -284,6 +300,8 @@ struct ActiveReply {
     id: u64,
     /// Cancelling stops the pipeline at once; the task still records what was said.
     cancel: CancellationToken,
+    /// What the writer and the pipeline report (e.g. a request to end the conversation).
+    progress: Arc<ReplyProgress>,
 }
 
 struct Session {
@@ -299,6 +317,8 @@ struct Session {
     record: Arc<SessionRecord>,
     /// Sequence number of the next message.
     next_seq: i32,
+    /// The device's MCP server, when its hello announced one.
+    mcp: Option<Arc<mcp::McpClient>>,
     /// Last user speech, text turn or reply: the idle timeout counts from here.
     last_activity: Instant,
     tx: mpsc::Sender<Downlink>,
@@ -351,7 +371,12 @@ impl Session {
                     self.on_command(cmd)
                 }
                 Some(event) = events.recv() => match event {
-                    WriterEvent::PlaybackDone { reply } => self.on_playback_done(reply),
+                    WriterEvent::PlaybackDone { reply } => {
+                        if self.on_playback_done(reply) {
+                            info!("the assistant ended the conversation");
+                            return End::Close(close::NORMAL, "conversation ended");
+                        }
+                    }
                     WriterEvent::SocketFailed => return End::PeerGone,
                 },
                 _ = sleep_until(idle_deadline), if self.reply.is_none() => {
@@ -398,7 +423,16 @@ impl Session {
                 });
                 self.send_json(&hello).await;
             }
-            ClientMessage::Mcp { payload, .. } => debug!(%payload, "MCP message from device"),
+            ClientMessage::Mcp { payload, .. } => match firmware_protocol::mcp::Incoming::parse(&payload) {
+                Ok(firmware_protocol::mcp::Incoming::Response(r)) => match &self.mcp {
+                    Some(m) => m.on_response(r),
+                    None => debug!("MCP response without an MCP session ignored"),
+                },
+                Ok(firmware_protocol::mcp::Incoming::Request(r)) => {
+                    debug!(method = %r.method, "MCP message from the device ignored")
+                }
+                Err(e) => warn!(error = %e, "malformed MCP message ignored"),
+            },
             ClientMessage::Iot(body) => {
                 debug!(keys = ?body.keys().collect::<Vec<_>>(), "legacy IoT message")
             }
@@ -581,8 +615,15 @@ impl Session {
             heard_at: chrono::Utc::now(),
             file_format: self.app.settings.storage.clip_format,
         };
-        self.next_seq += if ctx.announcement { 1 } else { 2 };
-        let turn = Turn { device_id: self.device_id.clone(), session_id: self.session_id.clone(), input };
+        // A block per turn: tool calls and their results sit between the user's message and
+        // the answer (gaps are harmless; order and uniqueness are what matter).
+        self.next_seq += record::SEQ_BLOCK;
+        let turn = Turn {
+            device_id: self.device_id.clone(),
+            session_id: self.session_id.clone(),
+            input,
+            tools: self.mcp.clone(),
+        };
         let app = self.app.clone();
         let tx = self.tx.clone();
         let events = self.events_tx.clone();
@@ -604,6 +645,7 @@ impl Session {
             },
             ..ReplyProgress::default()
         });
+        let progress_handle = progress.clone();
         tokio::spawn(
             async move {
                 let mut reply = Reply::new(id, tx.clone(), max_packet, progress);
@@ -628,17 +670,23 @@ impl Session {
             }
             .in_current_span(),
         );
-        self.reply = Some(ActiveReply { id, cancel });
+        self.reply = Some(ActiveReply { id, cancel, progress: progress_handle });
     }
 
-    fn on_playback_done(&mut self, reply: u64) {
+    /// Returns true when the finished reply asked to end the conversation.
+    fn on_playback_done(&mut self, reply: u64) -> bool {
         if self.reply.as_ref().is_some_and(|r| r.id == reply) {
-            self.reply = None;
+            let ended = self
+                .reply
+                .take()
+                .is_some_and(|r| r.progress.end_conversation.load(std::sync::atomic::Ordering::Relaxed));
             self.last_activity = Instant::now();
             if self.listening == Some(ListenMode::Manual) {
                 self.listening = None;
             }
+            return ended;
         }
+        false
     }
 
     /// Stops the current reply at once (if any) and tells the device `tts stop`. Always

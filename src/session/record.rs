@@ -16,6 +16,9 @@ use crate::config::ClipFileFormat;
 use crate::pipeline::{Reply, Utterance};
 use crate::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, SourceType, TurnRecord};
 
+/// Sequence numbers reserved per turn: the user's message, tool calls and results, the answer.
+pub const SEQ_BLOCK: i32 = 32;
+
 /// What the session knew when the turn began.
 pub struct TurnContext {
     pub session: Arc<SessionRecord>,
@@ -41,7 +44,7 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
     let mut clips = Vec::with_capacity(2);
 
     let user_id = Uuid::now_v7();
-    let assistant_seq = if ctx.announcement { ctx.user_seq } else { ctx.user_seq + 1 };
+    let mut next_seq = if ctx.announcement { ctx.user_seq } else { ctx.user_seq + 1 };
     let user_clip = ctx.heard.as_ref().and_then(|u| {
         clip(
             &ctx,
@@ -71,10 +74,46 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
 
     // A finished reply is still being played out (its tail is queued for pacing): it will all
     // be sent. A cut reply counts what actually went out.
+    // Tool calls and their results, between the question and the answer.
+    let max_tools = ((SEQ_BLOCK - 2) / 2) as usize;
+    for (i, t) in reply.tool_exchanges().iter().take(max_tools).enumerate() {
+        let at = ctx.heard_at + chrono::Duration::microseconds(1 + 2 * i as i64);
+        messages.push(MessageRecord {
+            message_id: Uuid::now_v7(),
+            sequence_num: next_seq,
+            role: Role::Assistant,
+            content: String::new(),
+            multi_content: None,
+            tool_calls: Some(json!([{
+                "id": t.call_id,
+                "type": "function",
+                "function": { "name": t.name, "arguments": t.arguments },
+            }])),
+            tool_call_id: None,
+            audio_file_id: None,
+            interrupted: false,
+            created_at: at,
+        });
+        messages.push(MessageRecord {
+            message_id: Uuid::now_v7(),
+            sequence_num: next_seq + 1,
+            role: Role::Tool,
+            content: t.result.clone(),
+            multi_content: None,
+            tool_calls: None,
+            tool_call_id: Some(t.call_id.clone()),
+            audio_file_id: None,
+            interrupted: false,
+            created_at: at + chrono::Duration::microseconds(1),
+        });
+        next_seq += 2;
+    }
+    let assistant_seq = next_seq;
     let spoken = if interrupted { reply.spoken_audio() } else { reply.queued_audio() };
     if reply.started() || !reply.sentences().is_empty() || !spoken.is_empty() {
         // Strictly after the user's message, so ordering by time agrees with the sequence.
-        let at = Utc::now().max(ctx.heard_at + chrono::Duration::microseconds(1));
+        let after = messages.last().map_or(ctx.heard_at, |m| m.created_at);
+        let at = Utc::now().max(after + chrono::Duration::microseconds(1));
         let reply_id = Uuid::now_v7();
         let reply_clip = clip(&ctx, reply_id, spoken, reply.clip_format(), SourceType::Tts, at);
         messages.push(MessageRecord {

@@ -174,7 +174,12 @@ async fn an_empty_transcript_ends_the_turn_without_the_model() {
     let fake = FakeOpenAi::start().await;
     fake.set_transcription(AsrScript::text("  "));
     let (app, _data) = spawn_brain(&fake).await;
-    let mut dev = app.connect().await;
+    let mut cfg = app.device();
+    cfg.hello = Some(firmware_protocol::ClientHello {
+        features: None,
+        ..firmware_protocol::ClientHello::firmware(1)
+    });
+    let mut dev = DeviceClient::connect(&cfg).await.unwrap();
     speak(&mut dev).await;
     expect_quiet(&mut dev.rx, Duration::from_millis(1500)).await;
     assert!(fake.requests_to("/audio/transcriptions").len() == 1);
@@ -201,4 +206,146 @@ async fn the_xiaozhi_sdk_completes_a_turn_with_the_brain_on() {
     assert_eq!(report["sentences"][0], "The kitchen lights are on.");
     assert!(report["audio_packets"].as_u64().unwrap() >= 10, "{report:#}");
     assert_eq!(report["sdk"]["audio_decode_errors"], 0);
+}
+
+/// Answers the gateway's MCP requests like firmware; returns the `tools/call` params it saw.
+async fn answer_mcp(
+    dev: &mut DeviceClient,
+    payload: &serde_json::Value,
+    tool_result: Result<&str, &str>,
+) -> Option<serde_json::Value> {
+    use firmware_protocol::ClientMessage;
+    let id = payload["id"].as_i64().expect("integer ids");
+    let result = match payload["method"].as_str().unwrap() {
+        "initialize" => {
+            serde_json::json!({"protocolVersion":"2024-11-05","capabilities":{"tools":{}},"serverInfo":{"name":"test-board","version":"2.4.2"}})
+        }
+        "tools/list" => {
+            serde_json::json!({"tools":[{"name":"self.audio_speaker.set_volume","description":"Set the speaker volume",
+            "inputSchema":{"type":"object","properties":{"volume":{"type":"integer","minimum":0,"maximum":100}},"required":["volume"]}}]})
+        }
+        "tools/call" => {
+            let reply = match tool_result {
+                Ok(text) => {
+                    serde_json::json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":text}],"isError":false}})
+                }
+                Err(message) => serde_json::json!({"jsonrpc":"2.0","id":id,"error":{"message":message}}),
+            };
+            dev.tx.send(&ClientMessage::Mcp { session_id: None, payload: reply }).await.unwrap();
+            return Some(payload["params"].clone());
+        }
+        other => panic!("unexpected MCP method {other}"),
+    };
+    let reply = serde_json::json!({"jsonrpc":"2.0","id":id,"result":result});
+    dev.tx.send(&ClientMessage::Mcp { session_id: None, payload: reply }).await.unwrap();
+    None
+}
+
+/// What a tool turn left behind (the gateway and its data directory stay alive with it).
+struct ToolTurn {
+    fake: FakeOpenAi,
+    sentences: Vec<String>,
+    call: Option<serde_json::Value>,
+    app: TestApp,
+    session: String,
+    _data: tempfile::TempDir,
+}
+
+async fn tool_turn(tool_result: Result<&str, &str>) -> ToolTurn {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("set the volume to fifty"));
+    fake.push_chat(ChatScript::tool_calls(&[(
+        "call_1",
+        "self_audio_speaker_set_volume",
+        &["{\"volume\":", "50}"],
+    )]));
+    fake.push_chat(ChatScript::reply(&["Volume is now fifty."]));
+    fake.set_speech(SpeechScript::sine_pcm(440.0, 200));
+    let (app, data) = spawn_brain(&fake).await;
+    let mut dev = app.connect().await;
+    // Discovery first: initialize, then tools/list.
+    for _ in 0..2 {
+        match dev.rx.next_within(Duration::from_secs(5)).await.unwrap() {
+            Event::Json(ServerMessage::Mcp { payload }) => {
+                answer_mcp(&mut dev, &payload, tool_result).await;
+            }
+            other => panic!("expected MCP discovery, got {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    speak(&mut dev).await;
+    let mut sentences = Vec::new();
+    let mut call = None;
+    loop {
+        match dev.rx.next_within(Duration::from_secs(20)).await.unwrap() {
+            Event::Json(ServerMessage::Mcp { payload }) => {
+                call = answer_mcp(&mut dev, &payload, tool_result).await
+            }
+            Event::Json(ServerMessage::Tts { state: TtsState::SentenceStart, text }) => {
+                sentences.push(text.unwrap_or_default())
+            }
+            Event::Json(ServerMessage::Tts { state: TtsState::Stop, .. }) => break,
+            Event::Closed(c) => panic!("closed {c:?}"),
+            _ => {}
+        }
+    }
+    let session = dev.session_id().to_owned();
+    ToolTurn { fake, sentences, call, app, session, _data: data }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_tool_call_round_trips_and_shapes_the_answer() {
+    let ToolTurn { fake, sentences, call, app, session, _data } = tool_turn(Ok("true")).await;
+    assert_eq!(sentences, vec!["Volume is now fifty."]);
+    let call = call.expect("the device was asked to run its tool");
+    assert_eq!(call["name"], "self.audio_speaker.set_volume");
+    assert_eq!(call["arguments"], serde_json::json!({"volume": 50}));
+    let chats = fake.requests_to("/chat/completions");
+    assert_eq!(chats.len(), 2);
+    let offered: Vec<&str> = chats[0]
+        .json_field("tools")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(
+        offered.contains(&"self_audio_speaker_set_volume") && offered.contains(&"get_current_time"),
+        "{offered:?}"
+    );
+    let second = chats[1].json_field("messages").as_array().unwrap().clone();
+    let tool_msg = second.iter().find(|m| m["role"] == "tool").expect("the result goes back to the model");
+    assert_eq!(
+        (tool_msg["tool_call_id"].as_str(), tool_msg["content"].as_str()),
+        (Some("call_1"), Some("true"))
+    );
+
+    let id = uuid::Uuid::parse_str(&session).unwrap();
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        app.app.writer.flush().await;
+        stored = app.app.store.session_messages(id).await.unwrap();
+        if stored.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let roles: Vec<Role> = stored.iter().map(|m| m.role).collect();
+    assert_eq!(roles, [Role::User, Role::Assistant, Role::Tool, Role::Assistant]);
+    assert_eq!(
+        stored[1].tool_calls.as_ref().unwrap()[0]["function"]["name"],
+        "self.audio_speaker.set_volume"
+    );
+    assert_eq!(stored[2].tool_call_id.as_deref(), Some("call_1"));
+    assert_eq!(stored[3].content, "Volume is now fifty.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_device_tool_is_reported_to_the_model() {
+    let ToolTurn { fake, sentences, call, .. } = tool_turn(Err("Missing valid argument: volume")).await;
+    assert!(call.is_some());
+    assert_eq!(sentences, vec!["Volume is now fifty."]);
+    let second = fake.requests_to("/chat/completions")[1].json_field("messages").as_array().unwrap().clone();
+    let tool_msg = second.iter().find(|m| m["role"] == "tool").unwrap();
+    assert!(tool_msg["content"].as_str().unwrap().contains("Missing valid argument"), "{tool_msg}");
 }

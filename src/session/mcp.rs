@@ -1,0 +1,131 @@
+//! The gateway as MCP client of the device's own MCP server (volume, lights, camera…): after
+//! a hello that announces MCP, `initialize` and `tools/list` (following `nextCursor`), then
+//! `tools/call` on the brain's behalf. Requests carry integer ids (firmware drops string ids);
+//! responses are matched by id, unknown ids are ignored; every call has a timeout.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use firmware_protocol::ServerMessage;
+use firmware_protocol::mcp::{CallResult, Request, Response, Tool, ToolsPage};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::downlink::Downlink;
+
+/// At most this many tools are offered to the model (a device listing thousands is cut).
+pub const MAX_TOOLS: usize = 64;
+/// At most this many `tools/list` pages are fetched.
+const MAX_PAGES: usize = 16;
+
+/// Why a device tool call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    #[error("the device did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the device reported: {0}")]
+    Device(String),
+    #[error("the session has ended")]
+    Gone,
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+}
+
+/// One session's MCP client.
+#[derive(Debug)]
+pub struct McpClient {
+    tx: mpsc::Sender<Downlink>,
+    next_id: AtomicI64,
+    pending: Mutex<HashMap<i64, oneshot::Sender<Response>>>,
+    tools: Mutex<Vec<Tool>>,
+}
+
+impl McpClient {
+    pub fn new(tx: mpsc::Sender<Downlink>) -> Self {
+        Self {
+            tx,
+            next_id: AtomicI64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            tools: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The device's tools, as listed.
+    pub fn tools(&self) -> Vec<Tool> {
+        self.tools.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Hands a response from the device to whoever waits for it.
+    pub fn on_response(&self, response: Response) {
+        let waiter = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.id);
+        match waiter {
+            Some(w) => {
+                let _ = w.send(response);
+            }
+            None => tracing::debug!(id = response.id, "MCP response to an unknown id ignored"),
+        }
+    }
+
+    async fn request(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, ToolError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        let payload = Request::new(id, method, params).to_value();
+        let sent = self.tx.send(Downlink::Text(ServerMessage::Mcp { payload }.to_json())).await;
+        let outcome = match sent {
+            Err(_) => Err(ToolError::Gone),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Err(_) => Err(ToolError::Timeout(timeout)),
+                Ok(Err(_)) => Err(ToolError::Gone),
+                Ok(Ok(r)) => match (r.error, r.result) {
+                    (Some(e), _) => Err(ToolError::Device(e.message)),
+                    (None, Some(v)) => Ok(v),
+                    (None, None) => Err(ToolError::Malformed("neither result nor error".into())),
+                },
+            },
+        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        outcome
+    }
+
+    /// `initialize`, then `tools/list` until no `nextCursor` (bounded). Returns the tool count.
+    pub async fn discover(&self, vision: Option<(&str, &str)>) -> Result<usize, ToolError> {
+        let init = Request::initialize(0, vision).params.unwrap_or_default();
+        self.request("initialize", init, Duration::from_secs(10)).await?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = Request::tools_list(0, cursor.as_deref()).params.unwrap_or_default();
+            let page: ToolsPage =
+                serde_json::from_value(self.request("tools/list", params, Duration::from_secs(10)).await?)
+                    .map_err(|e| ToolError::Malformed(e.to_string()))?;
+            tools.extend(page.tools);
+            match page.next_cursor {
+                Some(c) if tools.len() < MAX_TOOLS && Some(&c) != cursor.as_ref() => cursor = Some(c),
+                _ => break,
+            }
+        }
+        if tools.len() > MAX_TOOLS {
+            tracing::warn!(
+                listed = tools.len(),
+                kept = MAX_TOOLS,
+                "device lists too many tools; offering the first ones"
+            );
+            tools.truncate(MAX_TOOLS);
+        }
+        let n = tools.len();
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = tools;
+        Ok(n)
+    }
+
+    /// Calls a device tool and returns its text result.
+    pub async fn call(&self, name: &str, arguments: Value, timeout: Duration) -> Result<String, ToolError> {
+        let params = serde_json::json!({ "name": name, "arguments": arguments });
+        let v = self.request("tools/call", params, timeout).await?;
+        let result: CallResult =
+            serde_json::from_value(v).map_err(|e| ToolError::Malformed(e.to_string()))?;
+        if result.is_error { Err(ToolError::Device(result.text())) } else { Ok(result.text()) }
+    }
+}
