@@ -614,10 +614,17 @@ impl Session {
             announcement: matches!(input, TurnInput::Say(_)),
             heard_at: chrono::Utc::now(),
             file_format: self.app.settings.storage.clip_format,
+            seq_block: if matches!(input, TurnInput::Say(_)) {
+                1
+            } else if self.app.pipeline.uses_device_tools() {
+                record::SEQ_BLOCK
+            } else {
+                2
+            },
         };
-        // A block per turn: tool calls and their results sit between the user's message and
-        // the answer (gaps are harmless; order and uniqueness are what matter).
-        self.next_seq += record::SEQ_BLOCK;
+        // A block per turn: with a tool-using brain, tool calls and their results sit between
+        // the user's message and the answer (gaps are harmless; order and uniqueness matter).
+        self.next_seq += ctx.seq_block;
         let turn = Turn {
             device_id: self.device_id.clone(),
             session_id: self.session_id.clone(),

@@ -16,7 +16,8 @@ use crate::config::ClipFileFormat;
 use crate::pipeline::{Reply, Utterance};
 use crate::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, SourceType, TurnRecord};
 
-/// Sequence numbers reserved per turn: the user's message, tool calls and results, the answer.
+/// Sequence numbers reserved per turn of a tool-using brain: the user's message, tool calls and
+/// results, the answer.
 pub const SEQ_BLOCK: i32 = 32;
 
 /// What the session knew when the turn began.
@@ -35,6 +36,8 @@ pub struct TurnContext {
     pub heard_at: DateTime<Utc>,
     /// Ogg-Opus (the packets as sent) or WAV (decoded PCM).
     pub file_format: ClipFileFormat,
+    /// Sequence numbers reserved for this turn.
+    pub seq_block: i32,
 }
 
 /// Builds the record of one turn.
@@ -75,7 +78,7 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
     // A finished reply is still being played out (its tail is queued for pacing): it will all
     // be sent. A cut reply counts what actually went out.
     // Tool calls and their results, between the question and the answer.
-    let max_tools = ((SEQ_BLOCK - 2) / 2) as usize;
+    let max_tools = (ctx.seq_block.saturating_sub(2) / 2).max(0) as usize;
     for (i, t) in reply.tool_exchanges().iter().take(max_tools).enumerate() {
         let at = ctx.heard_at + chrono::Duration::microseconds(1 + 2 * i as i64);
         messages.push(MessageRecord {
