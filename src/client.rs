@@ -135,7 +135,8 @@ pub async fn connect_raw(
     for (k, v) in &cfg.headers {
         put(k, v)?;
     }
-    match tokio_tungstenite::connect_async(req).await {
+    // Like firmware, send each message at once (no Nagle delay on small control messages).
+    match tokio_tungstenite::connect_async_with_config(req, None, true).await {
         Ok(pair) => Ok(pair),
         Err(tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();

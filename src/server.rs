@@ -198,9 +198,14 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled.
     pub async fn serve(self) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
         let shutdown = self.app.shutdown.clone();
         info!(addr = %self.listener.local_addr()?, "listening");
-        axum::serve(self.listener, router(self.app).into_make_service())
+        // Small messages (subtitles, 60 ms frames) must not wait for Nagle's algorithm.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router(self.app).into_make_service())
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
     }
