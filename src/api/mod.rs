@@ -229,12 +229,7 @@ async fn audio(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> ApiR
     let id = parse_uuid(&id, "file_id")?;
     let clip =
         app.store.clip(id).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such clip"))?;
-    let content_type = match clip.file_type.as_str() {
-        "ogg" => "audio/ogg",
-        "wav" => "audio/wav",
-        "jpg" | "jpeg" => "image/jpeg",
-        _ => "application/octet-stream",
-    };
+    let content_type = crate::uploads::storage::content_type(&clip.file_type);
     if clip.upload_status == "uploaded" {
         let expiry = Duration::from_secs(app.settings.storage.presign_expiry_secs);
         if let Ok(Some(url)) = app.storage.presigned_get(&clip.object_key, expiry).await {

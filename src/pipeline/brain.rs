@@ -125,12 +125,7 @@ impl Brain {
         if first_audio.take().is_some() {
             self.metrics.observe(Stage::TtsFirstAudio, started.elapsed());
         }
-        reply.set_clip_format(speech.format);
-        reply.sentence(sentence).await?;
-        for packet in speech.packets {
-            reply.audio(Bytes::clone(&packet)).await?;
-        }
-        Ok(())
+        reply.say(sentence, speech).await
     }
 
     async fn answer(&self, turn: Turn, reply: &mut Reply) -> Result<(), PipelineError> {
@@ -315,11 +310,7 @@ impl Pipeline for Brain {
                     if reply.sentences().is_empty()
                         && let Ok(speech) = self.local.speak(APOLOGY).await
                     {
-                        reply.set_clip_format(speech.format);
-                        reply.sentence(APOLOGY).await?;
-                        for packet in speech.packets {
-                            reply.audio(packet).await?;
-                        }
+                        reply.say(APOLOGY, speech).await?;
                     }
                     Err(e)
                 }

@@ -2,8 +2,6 @@
 //! own packets, a text turn with its text as the subtitle, and server-initiated speech with
 //! the local synthesizer.
 
-use bytes::Bytes;
-
 use super::local_tts::LocalTts;
 use super::{BoxFuture, Pipeline, PipelineError, Reply, Turn, TurnInput};
 
@@ -38,11 +36,7 @@ impl Pipeline for EchoPipeline {
                 }
                 TurnInput::Say(text) => {
                     let speech = self.tts.speak(&text).await.map_err(PipelineError::Failed)?;
-                    reply.set_clip_format(speech.format);
-                    reply.sentence(&text).await?;
-                    for packet in speech.packets {
-                        reply.audio(Bytes::clone(&packet)).await?;
-                    }
+                    reply.say(&text, speech).await?;
                 }
             }
             Ok(())

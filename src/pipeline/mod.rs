@@ -253,6 +253,16 @@ impl Reply {
         self.send_json(&ServerMessage::sentence(text)).await
     }
 
+    /// Speaks synthesized speech: the subtitle, then its packets.
+    pub async fn say(&mut self, text: &str, speech: local_tts::Speech) -> Result<(), PipelineError> {
+        self.set_clip_format(speech.format);
+        self.sentence(text).await?;
+        for packet in speech.packets {
+            self.audio(packet).await?;
+        }
+        Ok(())
+    }
+
     /// Queues one Opus packet. Packets whose TOC is unreadable or that last longer than the
     /// announced frame are skipped with a log line (the device could not decode them).
     pub async fn audio(&mut self, packet: Bytes) -> Result<(), PipelineError> {

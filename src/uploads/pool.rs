@@ -147,12 +147,7 @@ impl Worker {
     }
 
     async fn upload(&self, clip: PendingClip) {
-        let content_type = match clip.file_type.as_str() {
-            "ogg" => "audio/ogg",
-            "wav" => "audio/wav",
-            "jpg" | "jpeg" => "image/jpeg",
-            _ => "application/octet-stream",
-        };
+        let content_type = super::storage::content_type(&clip.file_type);
         let size = clip.data.len() as u64;
         match self.storage.put(&clip.object_key, clip.data.clone(), content_type).await {
             Ok(()) => match self.store.mark_uploaded(clip.file_id, Utc::now()).await {

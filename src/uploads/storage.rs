@@ -29,6 +29,16 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
 }
 
+/// The MIME type of a clip's `file_type` (what S3 serves it as).
+pub fn content_type(file_type: &str) -> &'static str {
+    match file_type {
+        "ogg" => "audio/ogg",
+        "wav" => "audio/wav",
+        "jpg" | "jpeg" => "image/jpeg",
+        _ => "application/octet-stream",
+    }
+}
+
 /// Where clips go.
 #[derive(Clone, Debug)]
 pub struct ClipStorage {

@@ -189,11 +189,7 @@ async fn conversations_are_listed_page_by_page_and_read() {
 /// A voice turn; returns the session id once its clips are uploaded.
 async fn voice_conversation(app: &TestApp) -> uuid::Uuid {
     let mut dev = app.connect().await;
-    let mut uplink = speech_packets();
-    uplink.extend(silence_packets(12));
-    dev.tx.listen_start(ListenMode::Auto).await.unwrap();
-    dev.tx.stream_audio(&uplink, Duration::from_millis(10)).await.unwrap();
-    collect_reply(&mut dev.rx, Duration::from_secs(15), Duration::ZERO).await;
+    auto_turn(&mut dev).await;
     app.app.writer.flush().await;
     for _ in 0..100 {
         if app.app.store.upload_backlog().await.unwrap().pending == 0 {

@@ -104,6 +104,20 @@ pub fn silence_packets(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|_| enc.encode(&[0; 960]).unwrap()).collect()
 }
 
+/// The speech sample followed by enough silence for the VAD to end the turn.
+pub fn spoken_turn() -> Vec<Vec<u8>> {
+    let mut uplink = speech_packets();
+    uplink.extend(silence_packets(12));
+    uplink
+}
+
+/// One voice turn in auto mode (VAD ends it), uplink at 10 ms per packet; returns the reply.
+pub async fn auto_turn(dev: &mut xiaozhi_gateway::client::DeviceClient) -> ObservedReply {
+    dev.tx.listen_start(firmware_protocol::ListenMode::Auto).await.unwrap();
+    dev.tx.stream_audio(&spoken_turn(), Duration::from_millis(10)).await.unwrap();
+    collect_reply(&mut dev.rx, Duration::from_secs(20), Duration::ZERO).await
+}
+
 /// Everything a device received for one reply.
 #[derive(Debug, Default)]
 pub struct ObservedReply {

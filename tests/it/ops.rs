@@ -84,11 +84,7 @@ async fn readiness_reports_an_upload_backlog_over_its_threshold() {
     .await;
     s3.stop();
     let mut dev = app.connect().await;
-    let mut uplink = speech_packets();
-    uplink.extend(silence_packets(12));
-    dev.tx.listen_start(ListenMode::Auto).await.unwrap();
-    dev.tx.stream_audio(&uplink, Duration::from_millis(10)).await.unwrap();
-    collect_reply(&mut dev.rx, Duration::from_secs(15), Duration::ZERO).await;
+    auto_turn(&mut dev).await;
     app.app.writer.flush().await;
     let (status, body) = readyz(&app).await;
     assert_eq!(status, 503, "{body:#}");
@@ -121,11 +117,8 @@ async fn metrics_move_with_sessions_and_turns() {
     assert!(DeviceClient::connect(&cfg).await.is_err());
     cfg.token = Some("t".into());
     let mut dev = DeviceClient::connect(&cfg).await.unwrap();
-    let mut uplink = speech_packets();
-    uplink.extend(silence_packets(12));
-    dev.tx.listen_start(ListenMode::Auto).await.unwrap();
-    dev.tx.stream_audio(&uplink, Duration::from_millis(10)).await.unwrap();
-    let reply = collect_reply(&mut dev.rx, Duration::from_secs(15), Duration::ZERO).await;
+    let uplink = spoken_turn();
+    let reply = auto_turn(&mut dev).await;
     app.app.writer.flush().await;
 
     let during = scrape().await;
@@ -202,8 +195,7 @@ async fn drain_under_load_loses_no_finished_turn() {
         tasks.push(tokio::spawn(async move {
             let mut dev = DeviceClient::connect(&DeviceConfig::new(url, fresh_device_id())).await.unwrap();
             let session = uuid::Uuid::parse_str(dev.session_id()).unwrap();
-            let mut uplink = speech_packets();
-            uplink.extend(silence_packets(12));
+            let uplink = spoken_turn();
             let mut completed = 0;
             // Talk until the gateway closes the session.
             loop {

@@ -47,8 +47,7 @@ async fn conversation_is_kept(kind: DatabaseKind) {
     let mut dev = app.connect().await;
     let session_id = uuid::Uuid::parse_str(dev.session_id()).unwrap();
     let device = app.app.sessions.iter_device_ids().pop().unwrap();
-    let mut uplink = speech_packets();
-    uplink.extend(silence_packets(12));
+    let uplink = spoken_turn();
     for _ in 0..2 {
         dev.tx.listen_start(ListenMode::Auto).await.unwrap();
         dev.tx.stream_audio(&uplink, Duration::from_millis(10)).await.unwrap();

@@ -4,7 +4,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use firmware_protocol::ListenMode;
 use sha2::{Digest, Sha256};
 use testkit::s3::S3Server;
 use xiaozhi_gateway::client::{DeviceClient, DeviceConfig};
@@ -32,11 +31,7 @@ async fn settings_for(endpoint: String) -> impl FnOnce(&mut Settings) {
 
 /// One voice turn in auto mode; returns the reply's frame arrival gaps.
 async fn voice_turn(dev: &mut DeviceClient) -> Vec<Duration> {
-    let mut uplink = speech_packets();
-    uplink.extend(silence_packets(12));
-    dev.tx.listen_start(ListenMode::Auto).await.unwrap();
-    dev.tx.stream_audio(&uplink, Duration::from_millis(10)).await.unwrap();
-    let reply = collect_reply(&mut dev.rx, Duration::from_secs(20), Duration::ZERO).await;
+    let reply = auto_turn(dev).await;
     assert!(reply.frames.len() >= speech_packets().len() - 6, "the whole echo arrived");
     reply.frames.windows(2).map(|w| w[1].0 - w[0].0).collect()
 }
