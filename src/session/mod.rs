@@ -242,6 +242,7 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         record: session_record,
         next_seq: 0,
         mcp,
+        bad_audio_count: 0,
         last_activity: Instant::now(),
         tx,
         cancel_tx,
@@ -319,6 +320,8 @@ struct Session {
     next_seq: i32,
     /// The device's MCP server, when its hello announced one.
     mcp: Option<Arc<mcp::McpClient>>,
+    /// Binary messages dropped so far (only the first is logged above debug).
+    bad_audio_count: u64,
     /// Last user speech, text turn or reply: the idle timeout counts from here.
     last_activity: Instant,
     tx: mpsc::Sender<Downlink>,
@@ -500,6 +503,17 @@ impl Session {
         }
     }
 
+    /// Logs a dropped binary message: the first one of the session at warn level, the rest at
+    /// debug, so a misbehaving device cannot flood the logs at its frame rate.
+    fn bad_audio(&mut self, why: &str) {
+        self.bad_audio_count += 1;
+        if self.bad_audio_count == 1 {
+            warn!(reason = why, "binary message dropped (further ones this session are logged at debug)");
+        } else {
+            debug!(reason = why, count = self.bad_audio_count, "binary message dropped");
+        }
+    }
+
     /// Whether the user is speaking (or holding push-to-talk) or a reply is under way.
     fn turn_in_progress(&self) -> bool {
         self.reply.is_some()
@@ -521,7 +535,7 @@ impl Session {
             }
             Ok(f) => data.slice_ref(f.payload),
             Err(e) => {
-                warn!(error = %e, "binary message dropped");
+                self.bad_audio(&e.to_string());
                 return;
             }
         };
@@ -530,7 +544,7 @@ impl Session {
             return;
         };
         if payload.len() > MAX_OPUS_PACKET {
-            warn!(len = payload.len(), "uplink packet larger than any real Opus packet dropped");
+            self.bad_audio(&format!("{} bytes, larger than any real Opus packet", payload.len()));
             return;
         }
         let duration = match firmware_protocol::opus::packet_duration_us(&payload) {
