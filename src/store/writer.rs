@@ -208,7 +208,12 @@ impl Worker {
                 let _ = f.send(());
             }
         }
-        self.replay_spilled().await;
+        // Every handle is gone. Abandoned (exit with the database away): what is on disk stays
+        // there for the next start; replaying now would only rewrite the same files, racing the
+        // next writer for them.
+        if !self.stats.abandoned.load(Ordering::Relaxed) {
+            self.replay_spilled().await;
+        }
     }
 
     /// Commits a batch, retrying while the database is away; splits a batch the database

@@ -500,7 +500,7 @@ async fn postgres_outage_loses_no_turn() {
 /// At exit with the database away, what the writer still holds goes to disk, and the next
 /// writer (the restarted gateway) commits it.
 async fn writes_abandoned_at_exit_are_committed_after_restart(mut db: TestDb) {
-    let (writer, _task) = StoreWriter::start(db.store.clone(), WriterConfig::new(db.dir.path()));
+    let (writer, task) = StoreWriter::start(db.store.clone(), WriterConfig::new(db.dir.path()));
     let s = session("aa:00:00:00:00:09", Utc::now());
     db.go_away().await;
     for t in 0..5 {
@@ -510,7 +510,14 @@ async fn writes_abandoned_at_exit_are_committed_after_restart(mut db: TestDb) {
     writer.abandon();
     tokio::time::timeout(Duration::from_secs(30), writer.flush()).await.expect("abandoned writes go to disk");
     assert_eq!(writer.stats().spilled.load(std::sync::atomic::Ordering::Relaxed), 5);
+    // The process exits: the writer task ends once its last handle is gone.
     drop(writer);
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the writer ends").unwrap();
+    assert_eq!(
+        std::fs::read_dir(db.dir.path().join("store-spill")).unwrap().count(),
+        5,
+        "one file per write"
+    );
     db.come_back().await;
     let (again, _task) = StoreWriter::start(db.store.clone(), WriterConfig::new(db.dir.path()));
     again.submit(StoreOp::SessionEnded { session: s.clone(), ended_at: Utc::now() });
