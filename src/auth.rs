@@ -47,7 +47,7 @@ impl Credentials {
 }
 
 /// Strips a `Bearer` prefix; an empty token (`"Bearer"`, `"Bearer "`) is no token.
-fn bearer(value: &str) -> Option<String> {
+pub(crate) fn bearer(value: &str) -> Option<String> {
     let token = match value.split_once(char::is_whitespace) {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
         _ if value.eq_ignore_ascii_case("bearer") => "",
@@ -87,7 +87,15 @@ pub struct Authenticator {
     secret: Option<Vec<u8>>,
     ttl_secs: u64,
     allowed_devices: Vec<String>,
+    /// Signs vision upload tokens: the configured secret (so any gateway process of a
+    /// deployment accepts them), or a random key of this process.
+    vision_key: Vec<u8>,
 }
+
+/// How long a vision upload token lasts (a session rarely lives longer).
+const VISION_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// The "client" part of a vision token's payload, so a device token never passes as one.
+const VISION_SCOPE: &str = "vision";
 
 impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Self {
@@ -97,6 +105,13 @@ impl Authenticator {
             secret: settings.secret.as_ref().map(|s| s.as_bytes().to_vec()),
             ttl_secs: settings.token_ttl_secs,
             allowed_devices: settings.allowed_devices.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            vision_key: match &settings.secret {
+                Some(s) => s.as_bytes().to_vec(),
+                None => {
+                    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+                    [a.as_bytes().as_slice(), b.as_bytes().as_slice()].concat()
+                }
+            },
         }
     }
 
@@ -151,6 +166,33 @@ impl Authenticator {
     pub fn issue(&self, device_id: &str, client_id: &str) -> Option<String> {
         let secret = self.secret.as_deref()?;
         Some(sign(secret, client_id, &device_id.to_ascii_lowercase(), unix_now() + self.ttl_secs))
+    }
+}
+
+impl Authenticator {
+    /// A token for the vision endpoint, bound to one session of one device.
+    pub fn issue_vision(&self, device_id: &str, session_id: &str) -> String {
+        let bound = format!("{}|{session_id}", device_id.to_ascii_lowercase());
+        sign(&self.vision_key, VISION_SCOPE, &bound, unix_now() + VISION_TOKEN_TTL_SECS)
+    }
+
+    /// Checks a vision token; returns the device and session it was issued for.
+    pub fn check_vision(&self, token: &str) -> Result<(String, String), AuthError> {
+        let (payload, sig) = token.split_once('.').ok_or(AuthError::InvalidToken)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| AuthError::InvalidToken)?;
+        mac(&self.vision_key, payload.as_bytes()).verify_slice(&sig).map_err(|_| AuthError::InvalidToken)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| AuthError::InvalidToken)?;
+        let payload = String::from_utf8(payload).map_err(|_| AuthError::InvalidToken)?;
+        let mut parts = payload.split('|');
+        let (Some(VISION_SCOPE), Some(device), Some(session), Some(expiry), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::InvalidToken);
+        };
+        if expiry.parse::<u64>().map_err(|_| AuthError::InvalidToken)? < unix_now() {
+            return Err(AuthError::Expired);
+        }
+        Ok((device.to_owned(), session.to_owned()))
     }
 }
 
@@ -233,6 +275,24 @@ mod tests {
         let expired = auth(&[], Some("k"), 0);
         let old = sign(b"k", "c", "01:02", 1);
         assert_eq!(expired.check(&creds("01:02", "c", Some(&old))), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn vision_tokens_are_bound_and_scoped() {
+        let a = auth(&[], Some("k"), 60);
+        let t = a.issue_vision("AA:BB", "s-1");
+        assert_eq!(a.check_vision(&t), Ok(("aa:bb".into(), "s-1".into())));
+        // A device token is not a vision token, and another key's token fails.
+        let device = a.issue("aa:bb", "c").unwrap();
+        assert_eq!(a.check_vision(&device), Err(AuthError::InvalidToken));
+        assert_eq!(auth(&[], Some("other"), 60).check_vision(&t), Err(AuthError::InvalidToken));
+        let old = sign(b"k", VISION_SCOPE, "aa:bb|s-1", 1);
+        assert_eq!(a.check_vision(&old), Err(AuthError::Expired));
+        // Without a secret, the process's own key still signs and checks.
+        let open = auth(&[], None, 60);
+        let t = open.issue_vision("aa:bb", "s-2");
+        assert_eq!(open.check_vision(&t), Ok(("aa:bb".into(), "s-2".into())));
+        assert_eq!(open.check_vision("garbage"), Err(AuthError::InvalidToken));
     }
 
     #[test]

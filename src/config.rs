@@ -57,15 +57,20 @@ settings_table! {
     "XIAOZHI_FIRMWARE_VERSION" => "ota.firmware_version", "", "Offer this firmware version to devices (with ota.firmware_url); empty: no update offered.";
     "XIAOZHI_FIRMWARE_URL" => "ota.firmware_url", "", "Download URL of the offered firmware.";
     "XIAOZHI_ACTIVATION" => "ota.activation", "false", "Ask unknown devices to activate with a code (off: devices connect at once).";
-    "XIAOZHI_ASR_URL" => "brain.asr_url", "", "OpenAI-compatible speech-to-text API base (e.g. https://api.openai.com/v1). The brain is on when this and XIAOZHI_LLM_URL are set; otherwise the echo brain answers.";
-    "XIAOZHI_ASR_MODEL" => "brain.asr_model", "whisper-1", "Speech-to-text model.";
-    "XIAOZHI_ASR_API_KEY" => "brain.asr_api_key", "", "Bearer key for the speech-to-text API.";
-    "XIAOZHI_LLM_URL" => "brain.llm_url", "", "OpenAI-compatible chat completions API base.";
-    "XIAOZHI_LLM_MODEL" => "brain.llm_model", "gpt-4o-mini", "Chat model.";
-    "XIAOZHI_LLM_API_KEY" => "brain.llm_api_key", "", "Bearer key for the chat API.";
-    "XIAOZHI_TTS_URL" => "brain.tts_url", "", "OpenAI-compatible text-to-speech API base; empty: the local synthesizer (espeak-ng).";
-    "XIAOZHI_TTS_MODEL" => "brain.tts_model", "tts-1", "Text-to-speech model.";
-    "XIAOZHI_TTS_API_KEY" => "brain.tts_api_key", "", "Bearer key for the text-to-speech API.";
+    "XIAOZHI_ASR_URL" => "brain.asr_url", "", "OpenAI-compatible speech-to-text API base (e.g. https://api.openai.com/v1). The brain is on when this and XIAOZHI_LLM_URL are set; otherwise the echo brain answers. A comma-separated list is an ordered fallback list (same for every *_URL, *_MODEL and *_API_KEY of the brain: one value for all, or one per URL).";
+    "XIAOZHI_ASR_MODEL" => "brain.asr_model", "whisper-1", "Speech-to-text model (or one per URL, comma-separated).";
+    "XIAOZHI_ASR_API_KEY" => "brain.asr_api_key", "", "Bearer key for the speech-to-text API (or one per URL, comma-separated; an empty entry sends none).";
+    "XIAOZHI_LLM_URL" => "brain.llm_url", "", "OpenAI-compatible chat completions API base (comma-separated: fallbacks in order).";
+    "XIAOZHI_LLM_MODEL" => "brain.llm_model", "gpt-4o-mini", "Chat model (or one per URL).";
+    "XIAOZHI_LLM_API_KEY" => "brain.llm_api_key", "", "Bearer key for the chat API (or one per URL).";
+    "XIAOZHI_TTS_URL" => "brain.tts_url", "", "OpenAI-compatible text-to-speech API base (comma-separated: fallbacks in order); empty: the local synthesizer (espeak-ng), which also speaks any sentence every provider failed.";
+    "XIAOZHI_TTS_MODEL" => "brain.tts_model", "tts-1", "Text-to-speech model (or one per URL).";
+    "XIAOZHI_TTS_API_KEY" => "brain.tts_api_key", "", "Bearer key for the text-to-speech API (or one per URL).";
+    "XIAOZHI_VISION_URL" => "brain.vision_url", "", "OpenAI-compatible chat API of a vision-capable model that answers the device camera's questions; empty: the first XIAOZHI_LLM_URL.";
+    "XIAOZHI_VISION_MODEL" => "brain.vision_model", "", "Vision model; empty: the first XIAOZHI_LLM_MODEL.";
+    "XIAOZHI_VISION_API_KEY" => "brain.vision_api_key", "", "Bearer key for the vision model; empty: the first XIAOZHI_LLM_API_KEY (when the URL is the LLM's).";
+    "XIAOZHI_VISION_MAX_BYTES" => "brain.vision_max_bytes", "4194304", "Largest camera image accepted at /mcp/vision/explain (larger: 413).";
+    "XIAOZHI_DEVICE_TOOL_TIMEOUT_SECS" => "brain.device_tool_timeout_secs", "30", "How long a device tool call (MCP tools/call) may take; the camera tool uploads and waits for the vision model first.";
     "XIAOZHI_TTS_VOICE" => "brain.tts_voice", "alloy", "Voice asked of the text-to-speech API.";
     "XIAOZHI_SYSTEM_PROMPT" => "brain.system_prompt", "You are a friendly voice assistant on a small speaker. Answer briefly, in the user's language, in plain sentences without lists or markup.", "System prompt for devices without their own (set per device through the admin API).";
     "XIAOZHI_MEMORY_MESSAGES" => "brain.memory_messages", "10", "How many of the device's earlier messages go with each request.";
@@ -353,6 +358,14 @@ pub struct BrainSettings {
     pub system_prompt: String,
     pub memory_messages: i64,
     pub provider_timeout_secs: u64,
+    #[serde(deserialize_with = "opt_string")]
+    pub vision_url: Option<String>,
+    #[serde(deserialize_with = "opt_string")]
+    pub vision_model: Option<String>,
+    #[serde(deserialize_with = "opt_string")]
+    pub vision_api_key: Option<String>,
+    pub vision_max_bytes: usize,
+    pub device_tool_timeout_secs: u64,
 }
 
 impl Default for BrainSettings {
@@ -371,6 +384,11 @@ impl Default for BrainSettings {
             system_prompt: default_from_table("brain.system_prompt").to_owned(),
             memory_messages: 10,
             provider_timeout_secs: 30,
+            vision_url: None,
+            vision_model: None,
+            vision_api_key: None,
+            vision_max_bytes: 4 << 20,
+            device_tool_timeout_secs: 30,
         }
     }
 }
@@ -509,6 +527,21 @@ impl Settings {
                 "XIAOZHI_ASR_URL and XIAOZHI_LLM_URL go together (the brain needs both)".into(),
             );
         }
+        for (key, urls, models, keys) in [
+            ("brain.asr_url", &self.brain.asr_url, &self.brain.asr_model, &self.brain.asr_api_key),
+            ("brain.llm_url", &self.brain.llm_url, &self.brain.llm_model, &self.brain.llm_api_key),
+            ("brain.tts_url", &self.brain.tts_url, &self.brain.tts_model, &self.brain.tts_api_key),
+        ] {
+            if let Err(reason) = provider_list(urls.as_deref(), models, keys.as_deref()) {
+                return invalid(key, reason);
+            }
+        }
+        if self.brain.vision_max_bytes == 0 || self.brain.device_tool_timeout_secs == 0 {
+            return invalid(
+                "brain.vision_max_bytes",
+                "vision_max_bytes and device_tool_timeout_secs must be positive".into(),
+            );
+        }
         if self.storage.upload_workers == 0 || self.storage.upload_max_attempts == 0 {
             return invalid(
                 "storage.upload_workers",
@@ -552,6 +585,51 @@ impl Settings {
         }
         out
     }
+}
+
+/// One provider of a fallback list: base URL, model and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderEntry {
+    pub url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+}
+
+/// Splits a brain stage's comma-separated URLs, models and keys into its ordered providers:
+/// one model (or key) for all URLs, or exactly one per URL; an empty key entry sends none.
+pub fn provider_list(
+    urls: Option<&str>,
+    models: &str,
+    keys: Option<&str>,
+) -> Result<Vec<ProviderEntry>, String> {
+    let Some(urls) = urls else { return Ok(Vec::new()) };
+    let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+        return Err(format!("{urls:?}: every URL must start with http:// or https://"));
+    }
+    let per_url = |list: &str, what: &str| -> Result<Vec<String>, String> {
+        let items: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+        match items.len() {
+            1 => Ok(vec![items[0].clone(); urls.len()]),
+            n if n == urls.len() => Ok(items),
+            n => Err(format!("{n} {what} for {} URLs: give one for all or one per URL", urls.len())),
+        }
+    };
+    let models = per_url(models, "models")?;
+    let keys = match keys {
+        Some(k) => per_url(k, "API keys")?,
+        None => vec![String::new(); urls.len()],
+    };
+    Ok(urls
+        .iter()
+        .zip(models)
+        .zip(keys)
+        .map(|((url, model), key)| ProviderEntry {
+            url: (*url).to_owned(),
+            model,
+            api_key: (!key.is_empty()).then_some(key),
+        })
+        .collect())
 }
 
 /// Figment's errors name the key path; add the setting's environment name and file key.
@@ -637,6 +715,38 @@ mod tests {
             Ok(())
         });
         result.expect("jail ran")
+    }
+
+    #[test]
+    fn provider_lists_pair_urls_models_and_keys() {
+        let one = provider_list(Some("https://a/v1"), "m", Some("k")).unwrap();
+        assert_eq!(
+            one,
+            vec![ProviderEntry { url: "https://a/v1".into(), model: "m".into(), api_key: Some("k".into()) }]
+        );
+        let two = provider_list(Some("https://a/v1, http://b:8080/v1"), "m1,m2", Some("k1,")).unwrap();
+        assert_eq!(
+            (two[1].url.as_str(), two[1].model.as_str(), two[1].api_key.as_deref()),
+            ("http://b:8080/v1", "m2", None)
+        );
+        assert_eq!(two[0].api_key.as_deref(), Some("k1"));
+        let shared = provider_list(Some("https://a/v1,https://b/v1"), "m", None).unwrap();
+        assert!(shared.iter().all(|p| p.model == "m" && p.api_key.is_none()));
+        assert!(
+            provider_list(Some("https://a/v1,https://b/v1"), "m1,m2,m3", None)
+                .unwrap_err()
+                .contains("3 models for 2 URLs")
+        );
+        assert!(provider_list(Some("a.example/v1"), "m", None).is_err());
+        assert_eq!(provider_list(None, "m", None).unwrap(), vec![]);
+        let err = load(&[
+            ("XIAOZHI_ASR_URL", "https://a/v1"),
+            ("XIAOZHI_LLM_URL", "https://a/v1,https://b/v1"),
+            ("XIAOZHI_LLM_MODEL", "x,y,z"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("brain.llm_url") && err.contains("3 models for 2 URLs"), "{err}");
     }
 
     #[test]

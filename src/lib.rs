@@ -16,6 +16,7 @@
 //! * [`client`]: a simulated device (tests and the load generator).
 //! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
 //! * [`uploads`]: clips to MinIO/S3 (or a local directory) by a durable background pool.
+//! * [`vision`]: the camera tool's upload endpoint (`/mcp/vision/explain`).
 //! * [`telemetry`]: the tracing subscriber.
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
@@ -34,6 +35,7 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod uploads;
+pub mod vision;
 
 /// Installs the process-wide TLS crypto provider (ring) that the database and object-storage
 /// clients share. Idempotent.

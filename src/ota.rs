@@ -98,7 +98,7 @@ pub async fn activate(
 }
 
 /// `ws://host/xiaozhi/v1/` from the request's Host (and `X-Forwarded-Proto` behind a proxy).
-fn derived_ws_url(headers: &HeaderMap) -> String {
+pub(crate) fn derived_ws_url(headers: &HeaderMap) -> String {
     let host = headers
         .get("x-forwarded-host")
         .or_else(|| headers.get(header::HOST))

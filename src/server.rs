@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -55,6 +55,8 @@ pub struct AppState {
     /// The background upload pool.
     pub uploads: UploadPool,
     pub metrics: Arc<Metrics>,
+    /// The vision model answering camera uploads (with the conversation brain only).
+    pub vision: Option<crate::vision::VisionModel>,
 }
 
 /// Why the gateway could not start.
@@ -106,6 +108,7 @@ impl AppState {
             Some(p) => p,
             None => crate::pipeline::from_settings(&settings, &store, &metrics)?,
         };
+        let vision = crate::pipeline::vision_from_settings(&settings)?;
         let shutdown = CancellationToken::new();
         let uploads = UploadPool::start(
             store.clone(),
@@ -133,6 +136,7 @@ impl AppState {
             storage,
             uploads,
             metrics,
+            vision,
             settings,
         }))
     }
@@ -174,6 +178,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/readyz", get(readiness))
         .merge(ota_routes)
+        .route(
+            crate::vision::PATH,
+            post(crate::vision::explain)
+                .layer(DefaultBodyLimit::max(app.settings.brain.vision_max_bytes.saturating_add(64 << 10))),
+        )
         .merge(crate::api::router(app.clone()))
         .fallback(upgrade)
         .with_state(app)
@@ -277,6 +286,10 @@ async fn upgrade(
         session_id: uuid::Uuid::new_v4().to_string(),
         header_version,
         permit,
+        vision_url: app
+            .vision
+            .is_some()
+            .then(|| crate::vision::endpoint_url(app.settings.public_url.as_deref(), &headers)),
     };
     // Small I/O buffers: an idle session should cost a few KiB, not tungstenite's 128 KiB
     // default read buffer. Messages larger than the buffer still assemble (up to `max`).

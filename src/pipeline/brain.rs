@@ -2,20 +2,40 @@
 //! the transcript goes to a streaming chat model together with the device's system prompt and
 //! its recent messages (memory from the store), and every sentence is synthesized (TTS, or the
 //! local synthesizer) and spoken as soon as the model has finished it, while the model goes on.
-//! Dropping the turn's future (abort, barge-in) drops the HTTP requests with it.
+//!
+//! A turn runs as two halves joined in one future: the *thinker* reads the model's stream,
+//! runs tools, splits sentences and starts each sentence's synthesis at once (a task per
+//! sentence, at most [`LOOKAHEAD`] ahead of the speaker); the *speaker* says them in order.
+//! So the next sentence is synthesized while the current one plays, and no gap opens between
+//! sentences as long as synthesis is faster than speech. Dropping the turn's future (abort,
+//! barge-in) drops the HTTP requests and the synthesis tasks with it.
+//!
+//! Resilience: each provider kind has an ordered list of providers. A call goes to the first;
+//! a failure that may pass (connection refused, 429, 5xx) gets one more try after a short
+//! pause, then the next provider is asked. The model's stream is retried like that only
+//! while its round has produced nothing to say; a sentence whose synthesis fails everywhere is
+//! spoken by the local synthesizer. When nothing at all could be said, the device hears a
+//! short spoken apology and the session goes on.
 //!
 //! Tools: the device's own MCP tools (names with dots made function-safe) and two server-side
 //! ones, the current time and ending the conversation, offered as functions; the model may
 //! call tools for up to [`MAX_TOOL_ROUNDS`] rounds before it answers. Device tools that fail
-//! or time out give the model an error text to work with. Not yet: vision, provider fallback
-//! lists; when a provider fails the device hears a short spoken apology.
+//! or time out give the model an error text to work with. An image the device uploads to the
+//! vision endpoint during a tool call is kept with that call's result.
+//!
+//! Emotion: an emoji at the start of the answer sets the device's face (`llm` message) and is
+//! not spoken.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
-use super::local_tts::LocalTts;
+use super::local_tts::{LocalTts, Speech};
 use super::providers::asr::Asr;
 use super::providers::llm::{ChatMessage, Llm, LlmEvent, ToolCall, ToolSpec};
 use super::providers::tts::Tts;
@@ -30,8 +50,10 @@ use crate::telemetry::metrics::{Metrics, Stage};
 
 /// Rounds of tool calls before the model must answer.
 pub const MAX_TOOL_ROUNDS: usize = 3;
-/// How long a device tool may take (the camera tool uploads a photo first).
-const DEVICE_TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Sentences synthesized ahead of the one being spoken.
+pub const LOOKAHEAD: usize = 2;
+/// The pause before a provider's second try.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 const TOOL_TIME: &str = "get_current_time";
 const TOOL_END: &str = "end_conversation";
 
@@ -41,39 +63,227 @@ const APOLOGY: &str = "Sorry, I could not answer that. Please try again.";
 /// How the brain is set up.
 #[derive(Debug, Clone)]
 pub struct BrainConfig {
-    pub asr: ProviderConfig,
-    pub llm: ProviderConfig,
-    /// `None`: the local synthesizer speaks.
-    pub tts: Option<ProviderConfig>,
+    /// Speech recognizers, in order of preference (at least one).
+    pub asr: Vec<ProviderConfig>,
+    /// Chat models, in order of preference (at least one).
+    pub llm: Vec<ProviderConfig>,
+    /// Speech synthesizers, in order of preference; empty: the local synthesizer speaks.
+    pub tts: Vec<ProviderConfig>,
     pub voice: String,
     pub default_prompt: String,
     /// Earlier messages of the device sent to the model.
     pub memory_messages: i64,
     pub downlink_rate: u32,
+    /// How long a device tool may take (the camera tool uploads a photo first).
+    pub device_tool_timeout: Duration,
+}
+
+/// The synthesizers: the providers in order, then the local one.
+struct Voice {
+    tts: Vec<Tts>,
+    local: LocalTts,
+    voice: String,
+    rate: u32,
+}
+
+impl Voice {
+    /// Synthesizes one sentence: the providers in order, the local synthesizer last.
+    async fn synthesize(&self, sentence: &str) -> Result<Speech, String> {
+        if !self.tts.is_empty() {
+            match with_fallback("tts", self.tts.len(), |i| {
+                self.tts[i].synthesize(sentence, &self.voice, self.rate)
+            })
+            .await
+            {
+                Ok(speech) => return Ok(speech),
+                Err(e) => {
+                    tracing::warn!(error = %e, "every TTS provider failed; the local synthesizer speaks")
+                }
+            }
+        }
+        self.local.speak(sentence).await
+    }
 }
 
 /// The ASR → LLM → TTS pipeline.
 pub struct Brain {
-    asr: Asr,
-    llm: Llm,
-    tts: Option<Tts>,
-    local: LocalTts,
+    asr: Vec<Asr>,
+    llm: Vec<Llm>,
+    voice: Arc<Voice>,
     store: Store,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     config: BrainConfig,
 }
 
+/// Calls provider `0`, `1`, … in order until one succeeds. A failure that may pass (but not a
+/// timeout: that provider already had its full time) gets a second try after a short pause.
+async fn with_fallback<T, F, Fut>(stage: &str, providers: usize, mut call: F) -> Result<T, ProviderError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let mut last = ProviderError::Invalid(format!("no {stage} provider configured"));
+    for i in 0..providers {
+        for attempt in 0..2 {
+            match call(i).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let again = attempt == 0 && e.is_retryable() && e != ProviderError::Timeout;
+                    tracing::warn!(stage, provider = i, attempt, error = %e, retry = again, "provider failed");
+                    last = e;
+                    if !again {
+                        break;
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Whether a failed call should go to the same provider once more.
+fn try_again(e: &ProviderError, attempt: usize) -> bool {
+    attempt == 0 && e.is_retryable() && *e != ProviderError::Timeout
+}
+
+/// Why one round with the model ended early.
+enum RoundError {
+    /// The provider failed (the caller decides whether another may try).
+    Provider(ProviderError),
+    /// The session is gone.
+    Closed,
+}
+
+/// What the thinker hands the speaker, in speaking order.
+enum Spoken {
+    /// Set the device's face.
+    Emotion(&'static str),
+    /// A sentence and its synthesis, already under way.
+    Sentence(String, AbortOnDropHandle<Result<Speech, String>>),
+}
+
+/// What the thinker did besides speaking.
+#[derive(Default)]
+struct Thought {
+    tools: Vec<ToolExchange>,
+    end_conversation: bool,
+}
+
+/// The thinker's way to the speaker: starts each sentence's synthesis and queues it.
+struct Mouth<'a> {
+    tx: &'a mpsc::Sender<Spoken>,
+    voice: Arc<Voice>,
+    metrics: Arc<Metrics>,
+    /// Sentences queued so far in this turn.
+    said: usize,
+    /// Whether the answer's start was checked for an emotion emoji.
+    face_checked: bool,
+}
+
+impl Mouth<'_> {
+    async fn send(&self, item: Spoken) -> Result<(), RoundError> {
+        self.tx.send(item).await.map_err(|_| RoundError::Closed)
+    }
+
+    async fn say(&mut self, sentence: String) -> Result<(), RoundError> {
+        let mut sentence = sentence;
+        if !self.face_checked {
+            self.face_checked = true;
+            if let Some((emotion, rest)) = leading_emotion(&sentence) {
+                self.send(Spoken::Emotion(emotion)).await?;
+                sentence = rest.to_owned();
+            }
+        }
+        if !sentence.chars().any(char::is_alphanumeric) {
+            return Ok(());
+        }
+        let voice = self.voice.clone();
+        let first = (self.said == 0).then(|| (Instant::now(), self.metrics.clone()));
+        let text = sentence.clone();
+        let synthesis = tokio::spawn(
+            async move {
+                let speech = voice.synthesize(&text).await;
+                if let (Some((at, metrics)), Ok(_)) = (&first, &speech) {
+                    metrics.observe(Stage::TtsFirstAudio, at.elapsed());
+                }
+                speech
+            }
+            .in_current_span(),
+        );
+        self.said += 1;
+        self.send(Spoken::Sentence(sentence, AbortOnDropHandle::new(synthesis))).await
+    }
+}
+
+/// Says what the thinker queues, in order, until it is done.
+async fn speak_all(reply: &mut Reply, mut rx: mpsc::Receiver<Spoken>) -> Result<(), PipelineError> {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Spoken::Emotion(emotion) => reply.emotion(emotion).await?,
+            Spoken::Sentence(text, synthesis) => {
+                let speech = synthesis
+                    .await
+                    .map_err(|e| PipelineError::Failed(format!("synthesis: {e}")))?
+                    .map_err(PipelineError::Failed)?;
+                reply.say(&text, speech).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An emoji that opens the answer, as the device's emotion name, and the text after it.
+fn leading_emotion(text: &str) -> Option<(&'static str, &str)> {
+    const FACES: &[(&str, &str)] = &[
+        ("😂", "laughing"),
+        ("😆", "funny"),
+        ("😭", "crying"),
+        ("😢", "sad"),
+        ("😠", "angry"),
+        ("😡", "angry"),
+        ("😍", "loving"),
+        ("😳", "embarrassed"),
+        ("😲", "surprised"),
+        ("😮", "surprised"),
+        ("😱", "shocked"),
+        ("🤔", "thinking"),
+        ("😉", "winking"),
+        ("😎", "cool"),
+        ("😌", "relaxed"),
+        ("🤤", "delicious"),
+        ("😘", "kissy"),
+        ("😏", "confident"),
+        ("😴", "sleepy"),
+        ("😜", "silly"),
+        ("🙄", "confused"),
+        ("😊", "happy"),
+        ("😀", "happy"),
+        ("😄", "happy"),
+        ("🙂", "happy"),
+        ("😶", "neutral"),
+    ];
+    let trimmed = text.trim_start();
+    FACES.iter().find_map(|(emoji, name)| {
+        trimmed.strip_prefix(emoji).map(|rest| (*name, rest.trim_start_matches('\u{fe0f}').trim_start()))
+    })
+}
+
 impl Brain {
-    pub fn new(
-        config: BrainConfig,
-        store: Store,
-        metrics: std::sync::Arc<Metrics>,
-    ) -> Result<Self, ProviderError> {
-        Ok(Self {
-            asr: Asr::new(config.asr.clone())?,
-            llm: Llm::new(config.llm.clone())?,
-            tts: config.tts.clone().map(Tts::new).transpose()?,
+    pub fn new(config: BrainConfig, store: Store, metrics: Arc<Metrics>) -> Result<Self, ProviderError> {
+        if config.asr.is_empty() || config.llm.is_empty() {
+            return Err(ProviderError::Invalid("the brain needs an ASR and an LLM provider".into()));
+        }
+        let voice = Voice {
+            tts: config.tts.iter().cloned().map(Tts::new).collect::<Result<_, _>>()?,
             local: LocalTts::new(config.downlink_rate, "en"),
+            voice: config.voice.clone(),
+            rate: config.downlink_rate,
+        };
+        Ok(Self {
+            asr: config.asr.iter().cloned().map(Asr::new).collect::<Result<_, _>>()?,
+            llm: config.llm.iter().cloned().map(Llm::new).collect::<Result<_, _>>()?,
+            voice: Arc::new(voice),
             store,
             metrics,
             config,
@@ -107,46 +317,28 @@ impl Brain {
         messages
     }
 
-    /// Speaks one sentence: subtitle, then its audio.
-    async fn speak(
-        &self,
-        reply: &mut Reply,
-        sentence: &str,
-        first_audio: &mut Option<Instant>,
-    ) -> Result<(), PipelineError> {
+    /// The utterance as text, from the first recognizer that answers.
+    async fn transcribe(&self, packets: Vec<Bytes>) -> Result<String, PipelineError> {
+        let pcm = tokio::task::spawn_blocking(move || decode(&packets))
+            .await
+            .map_err(|e| PipelineError::Failed(e.to_string()))?;
         let started = Instant::now();
-        let speech = match &self.tts {
-            Some(tts) => tts
-                .synthesize(sentence, &self.config.voice, self.config.downlink_rate)
-                .await
-                .map_err(|e| PipelineError::Failed(format!("TTS: {e}")))?,
-            None => self.local.speak(sentence).await.map_err(PipelineError::Failed)?,
-        };
-        if first_audio.take().is_some() {
-            self.metrics.observe(Stage::TtsFirstAudio, started.elapsed());
-        }
-        reply.say(sentence, speech).await
+        let text = with_fallback("asr", self.asr.len(), |i| self.asr[i].transcribe(&pcm))
+            .await
+            .map_err(|e| PipelineError::Failed(format!("ASR: {e}")))?;
+        self.metrics.observe(Stage::Asr, started.elapsed());
+        Ok(text)
     }
 
     async fn answer(&self, turn: Turn, reply: &mut Reply) -> Result<(), PipelineError> {
-        let text = match turn.input {
-            TurnInput::Voice(utterance) => {
-                let pcm = tokio::task::spawn_blocking(move || decode(&utterance.packets))
-                    .await
-                    .map_err(|e| PipelineError::Failed(e.to_string()))?;
-                let started = Instant::now();
-                let text = self
-                    .asr
-                    .transcribe(&pcm)
-                    .await
-                    .map_err(|e| PipelineError::Failed(format!("ASR: {e}")))?;
-                self.metrics.observe(Stage::Asr, started.elapsed());
-                text
-            }
-            TurnInput::Text(text) => text,
+        let text = match &turn.input {
+            TurnInput::Voice(utterance) => self.transcribe(utterance.packets.clone()).await?,
+            TurnInput::Text(text) => text.clone(),
             TurnInput::Say(text) => {
-                let mut first = Some(Instant::now());
-                return self.speak(reply, &text, &mut first).await;
+                let started = Instant::now();
+                let speech = self.voice.synthesize(text).await.map_err(PipelineError::Failed)?;
+                self.metrics.observe(Stage::TtsFirstAudio, started.elapsed());
+                return reply.say(text, speech).await;
             }
         };
         let text = text.trim().to_owned();
@@ -155,96 +347,177 @@ impl Brain {
             return Ok(());
         }
         reply.transcript(&text).await?;
-        let mut messages = self.messages(&turn.device_id, &text).await;
+        let messages = self.messages(&turn.device_id, &text).await;
+        let (tx, rx) = mpsc::channel(LOOKAHEAD);
+        let mut thought = Thought::default();
+        // The speaker failing (the session closed) stops the thinker; the thinker failing
+        // leaves the speaker to say what was already queued.
+        let thinker = async {
+            let mut mouth = Mouth {
+                tx: &tx,
+                voice: self.voice.clone(),
+                metrics: self.metrics.clone(),
+                said: 0,
+                face_checked: false,
+            };
+            let result = self.think(&turn, messages, &mut mouth, &mut thought).await;
+            drop(mouth);
+            drop(tx);
+            Ok::<_, PipelineError>(result)
+        };
+        let outcome = tokio::try_join!(thinker, speak_all(reply, rx));
+        for exchange in std::mem::take(&mut thought.tools) {
+            reply.record_tool(exchange);
+        }
+        if thought.end_conversation {
+            reply.end_conversation();
+        }
+        let (thinking, ()) = outcome?;
+        thinking
+    }
+
+    /// Rounds with the model (and its tool calls) until it answers.
+    async fn think(
+        &self,
+        turn: &Turn,
+        mut messages: Vec<ChatMessage>,
+        mouth: &mut Mouth<'_>,
+        thought: &mut Thought,
+    ) -> Result<(), PipelineError> {
         let (specs, device_names) = tool_specs(turn.tools.as_deref());
-        let mut splitter = SentenceSplitter::new();
-        let mut first_audio = Some(Instant::now());
         for round in 0..=MAX_TOOL_ROUNDS {
             // The last round offers no tools: the model has to answer.
             let offered = if round == MAX_TOOL_ROUNDS { Vec::new() } else { specs.clone() };
-            let started = Instant::now();
-            let mut stream = self
-                .llm
-                .stream(messages.clone(), offered)
-                .await
-                .map_err(|e| PipelineError::Failed(format!("LLM: {e}")))?;
-            let mut first_token = true;
-            let mut calls = Vec::new();
-            while let Some(event) = stream.next().await {
-                match event.map_err(|e| PipelineError::Failed(format!("LLM: {e}")))? {
-                    LlmEvent::Token(t) => {
-                        if first_token {
-                            first_token = false;
-                            self.metrics.observe(Stage::LlmFirstToken, started.elapsed());
-                        }
-                        for sentence in splitter.push(&t) {
-                            self.speak(reply, &sentence, &mut first_audio).await?;
-                        }
-                    }
-                    LlmEvent::ToolCall { id, name, arguments_json } => {
-                        calls.push(ToolCall { id, name, arguments_json })
-                    }
-                    LlmEvent::Done { .. } => break,
-                }
-            }
-            drop(stream);
+            let calls = self.round(&messages, &offered, mouth).await?;
             if calls.is_empty() {
                 break;
             }
             messages.push(ChatMessage::assistant_tool_calls(None, calls.clone()));
             for call in calls {
-                let result = self.run_tool(&call, turn.tools.as_deref(), &device_names, reply).await;
-                reply.record_tool(ToolExchange {
+                let (result, images) =
+                    self.run_tool(&call, turn.tools.as_deref(), &device_names, thought).await;
+                thought.tools.push(ToolExchange {
                     call_id: call.id.clone(),
                     name: device_names.get(&call.name).cloned().unwrap_or_else(|| call.name.clone()),
                     arguments: call.arguments_json.clone(),
                     result: result.clone(),
+                    images,
                 });
                 messages.push(ChatMessage::tool(call.id, result));
             }
         }
-        if let Some(rest) = splitter.finish() {
-            self.speak(reply, &rest, &mut first_audio).await?;
-        }
         Ok(())
     }
 
-    /// Runs one tool call; failures become text the model can read.
+    /// One round with the model: its sentences go to the mouth as they complete; returns the
+    /// tool calls it asked for. Providers are tried in order while the round has said nothing.
+    async fn round(
+        &self,
+        messages: &[ChatMessage],
+        offered: &[ToolSpec],
+        mouth: &mut Mouth<'_>,
+    ) -> Result<Vec<ToolCall>, PipelineError> {
+        let mut last = ProviderError::Invalid("no LLM provider configured".into());
+        for (i, llm) in self.llm.iter().enumerate() {
+            for attempt in 0..2 {
+                let said_before = mouth.said;
+                match self.stream_round(llm, messages, offered, mouth).await {
+                    Ok(calls) => return Ok(calls),
+                    Err(RoundError::Closed) => return Err(PipelineError::SessionClosed),
+                    Err(RoundError::Provider(e)) if mouth.said > said_before => {
+                        tracing::warn!(error = %e, "the model failed mid-answer");
+                        return Err(PipelineError::Failed(format!("LLM: {e}")));
+                    }
+                    Err(RoundError::Provider(e)) => {
+                        let again = try_again(&e, attempt);
+                        tracing::warn!(stage = "llm", provider = i, attempt, error = %e, retry = again, "provider failed");
+                        last = e;
+                        if !again {
+                            break;
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
+        }
+        Err(PipelineError::Failed(format!("LLM: {last}")))
+    }
+
+    async fn stream_round(
+        &self,
+        llm: &Llm,
+        messages: &[ChatMessage],
+        offered: &[ToolSpec],
+        mouth: &mut Mouth<'_>,
+    ) -> Result<Vec<ToolCall>, RoundError> {
+        let started = Instant::now();
+        let mut stream =
+            llm.stream(messages.to_vec(), offered.to_vec()).await.map_err(RoundError::Provider)?;
+        let mut splitter = SentenceSplitter::new();
+        let mut first_token = true;
+        let mut calls = Vec::new();
+        while let Some(event) = stream.next().await {
+            match event.map_err(RoundError::Provider)? {
+                LlmEvent::Token(t) => {
+                    if first_token {
+                        first_token = false;
+                        self.metrics.observe(Stage::LlmFirstToken, started.elapsed());
+                    }
+                    for sentence in splitter.push(&t) {
+                        mouth.say(sentence).await?;
+                    }
+                }
+                LlmEvent::ToolCall { id, name, arguments_json } => {
+                    calls.push(ToolCall { id, name, arguments_json })
+                }
+                LlmEvent::Done { .. } => break,
+            }
+        }
+        drop(stream);
+        // What the model said before asking for a tool is spoken before the tool runs.
+        if let Some(rest) = splitter.finish() {
+            mouth.say(rest).await?;
+        }
+        Ok(calls)
+    }
+
+    /// Runs one tool call; failures become text the model can read. Returns the result and
+    /// the images the device uploaded while running it.
     async fn run_tool(
         &self,
         call: &ToolCall,
         device: Option<&McpClient>,
         device_names: &std::collections::HashMap<String, String>,
-        reply: &mut Reply,
-    ) -> String {
+        thought: &mut Thought,
+    ) -> (String, Vec<crate::vision::VisionImage>) {
         tracing::info!(tool = %call.name, "tool call");
         match call.name.as_str() {
-            TOOL_TIME => chrono::Local::now().format("%Y-%m-%d %H:%M:%S %:z (%A)").to_string(),
+            TOOL_TIME => (chrono::Local::now().format("%Y-%m-%d %H:%M:%S %:z (%A)").to_string(), Vec::new()),
             TOOL_END => {
-                reply.end_conversation();
-                "The conversation will end after your answer; say goodbye.".into()
+                thought.end_conversation = true;
+                ("The conversation will end after your answer; say goodbye.".into(), Vec::new())
             }
             name => match (device_names.get(name), device) {
                 (Some(original), Some(client)) => {
                     let args: serde_json::Value =
                         serde_json::from_str(&call.arguments_json).unwrap_or_else(|_| serde_json::json!({}));
-                    match client.call(original, args, DEVICE_TOOL_TIMEOUT).await {
+                    let result = match client.call(original, args, self.config.device_tool_timeout).await {
                         Ok(text) => text,
                         Err(e) => {
                             tracing::warn!(tool = %original, error = %e, "device tool failed");
                             format!("error: {e}")
                         }
-                    }
+                    };
+                    (result, client.take_images())
                 }
                 _ => {
                     tracing::warn!(tool = %name, "the model asked for a tool that does not exist");
-                    format!("error: there is no tool named {name}")
+                    (format!("error: there is no tool named {name}"), Vec::new())
                 }
             },
         }
     }
 }
-
 /// The functions offered to the model and the map from function names back to device tool
 /// names (function names allow only letters, digits, `_` and `-`).
 fn tool_specs(device: Option<&McpClient>) -> (Vec<ToolSpec>, std::collections::HashMap<String, String>) {
@@ -308,7 +581,7 @@ impl Pipeline for Brain {
                     tracing::warn!(error = %e, "turn failed; apologising");
                     // Only when nothing was said yet: an apology mid-answer would confuse.
                     if reply.sentences().is_empty()
-                        && let Ok(speech) = self.local.speak(APOLOGY).await
+                        && let Ok(speech) = self.voice.local.speak(APOLOGY).await
                     {
                         reply.say(APOLOGY, speech).await?;
                     }

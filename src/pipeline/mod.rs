@@ -33,28 +33,68 @@ pub fn from_settings(
 ) -> Result<Arc<dyn Pipeline>, providers::ProviderError> {
     let b = &settings.brain;
     let rate = settings.session.downlink_sample_rate;
-    let (Some(asr_url), Some(llm_url)) = (&b.asr_url, &b.llm_url) else {
+    if b.asr_url.is_none() || b.llm_url.is_none() {
         return Ok(Arc::new(echo::EchoPipeline::new(rate)));
-    };
+    }
     let timeout = Duration::from_secs(b.provider_timeout_secs);
-    let provider = |url: &str, model: &str, key: &Option<String>| {
-        let cfg = providers::ProviderConfig::new(url, model).with_timeout(timeout);
-        match key {
-            Some(k) => cfg.with_api_key(k.clone()),
-            None => cfg,
-        }
+    let chain = |urls: &Option<String>, models: &str, keys: &Option<String>| {
+        crate::config::provider_list(urls.as_deref(), models, keys.as_deref())
+            .map_err(providers::ProviderError::Invalid)
+            .map(|list| list.into_iter().map(|p| provider(p, timeout)).collect::<Vec<_>>())
     };
     let config = brain::BrainConfig {
-        asr: provider(asr_url, &b.asr_model, &b.asr_api_key),
-        llm: provider(llm_url, &b.llm_model, &b.llm_api_key),
-        tts: b.tts_url.as_deref().map(|u| provider(u, &b.tts_model, &b.tts_api_key)),
+        asr: chain(&b.asr_url, &b.asr_model, &b.asr_api_key)?,
+        llm: chain(&b.llm_url, &b.llm_model, &b.llm_api_key)?,
+        tts: chain(&b.tts_url, &b.tts_model, &b.tts_api_key)?,
         voice: b.tts_voice.clone(),
         default_prompt: b.system_prompt.clone(),
         memory_messages: b.memory_messages,
         downlink_rate: rate,
+        device_tool_timeout: Duration::from_secs(b.device_tool_timeout_secs),
     };
-    tracing::info!(asr = %asr_url, llm = %llm_url, tts = b.tts_url.as_deref().unwrap_or("local"), "conversation brain on");
+    let urls = |c: &[providers::ProviderConfig]| {
+        c.iter().map(|p| p.base_url.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    tracing::info!(
+        asr = %urls(&config.asr),
+        llm = %urls(&config.llm),
+        tts = %if config.tts.is_empty() { "local".to_owned() } else { urls(&config.tts) },
+        "conversation brain on"
+    );
     Ok(Arc::new(brain::Brain::new(config, store.clone(), metrics.clone())?))
+}
+
+/// The vision model for camera uploads: on with the brain; its own URL, model and key, or the
+/// first chat model's.
+pub fn vision_from_settings(
+    settings: &crate::config::Settings,
+) -> Result<Option<crate::vision::VisionModel>, providers::ProviderError> {
+    let b = &settings.brain;
+    if b.asr_url.is_none() {
+        return Ok(None);
+    }
+    let llm = crate::config::provider_list(b.llm_url.as_deref(), &b.llm_model, b.llm_api_key.as_deref())
+        .map_err(providers::ProviderError::Invalid)?;
+    let Some(first) = llm.into_iter().next() else { return Ok(None) };
+    let entry = crate::config::ProviderEntry {
+        api_key: match (&b.vision_url, &b.vision_api_key) {
+            (_, Some(key)) => Some(key.clone()),
+            (None, None) => first.api_key,
+            (Some(_), None) => None,
+        },
+        url: b.vision_url.clone().unwrap_or(first.url),
+        model: b.vision_model.clone().unwrap_or(first.model),
+    };
+    let cfg = provider(entry, Duration::from_secs(b.provider_timeout_secs));
+    crate::vision::VisionModel::new(cfg).map(Some)
+}
+
+fn provider(p: crate::config::ProviderEntry, timeout: Duration) -> providers::ProviderConfig {
+    let cfg = providers::ProviderConfig::new(p.url, p.model).with_timeout(timeout);
+    match p.api_key {
+        Some(k) => cfg.with_api_key(k),
+        None => cfg,
+    }
 }
 
 /// What the user said.
@@ -137,6 +177,8 @@ pub struct ToolExchange {
     pub name: String,
     pub arguments: String,
     pub result: String,
+    /// Images the device uploaded while running the tool (the camera).
+    pub images: Vec<crate::vision::VisionImage>,
 }
 
 impl Reply {

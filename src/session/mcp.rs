@@ -17,6 +17,8 @@ use super::downlink::Downlink;
 
 /// At most this many tools are offered to the model (a device listing thousands is cut).
 pub const MAX_TOOLS: usize = 64;
+/// At most this many uploaded images wait for one tool call's record.
+const MAX_IMAGES: usize = 4;
 /// At most this many `tools/list` pages are fetched.
 const MAX_PAGES: usize = 16;
 
@@ -40,6 +42,9 @@ pub struct McpClient {
     next_id: AtomicI64,
     pending: Mutex<HashMap<i64, oneshot::Sender<Response>>>,
     tools: Mutex<Vec<Tool>>,
+    /// Images the device uploaded to the vision endpoint during a tool call, until the brain
+    /// takes them for that call's record.
+    images: Mutex<Vec<crate::vision::VisionImage>>,
 }
 
 impl McpClient {
@@ -49,12 +54,29 @@ impl McpClient {
             next_id: AtomicI64::new(1),
             pending: Mutex::new(HashMap::new()),
             tools: Mutex::new(Vec::new()),
+            images: Mutex::new(Vec::new()),
         }
     }
 
     /// The device's tools, as listed.
     pub fn tools(&self) -> Vec<Tool> {
         self.tools.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps an image the device uploaded (the vision endpoint calls this).
+    pub fn attach_image(&self, image: crate::vision::VisionImage) {
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        // A device uploads one photo per call; a runaway one does not grow memory for ever.
+        if images.len() < MAX_IMAGES {
+            images.push(image);
+        } else {
+            tracing::warn!("too many vision uploads in one call; image not kept");
+        }
+    }
+
+    /// The images uploaded since the last call of this.
+    pub fn take_images(&self) -> Vec<crate::vision::VisionImage> {
+        std::mem::take(&mut *self.images.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Hands a response from the device to whoever waits for it.

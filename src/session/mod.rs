@@ -72,6 +72,8 @@ pub struct Connection {
     pub header_version: Option<ProtocolVersion>,
     /// Held for the session's lifetime: the connection limit.
     pub permit: OwnedSemaphorePermit,
+    /// Where this device uploads camera images (see [`crate::vision`]).
+    pub vision_url: Option<String>,
 }
 
 /// Runs a session to its end. Never panics on anything the peer sends.
@@ -207,9 +209,15 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         .then(|| Arc::new(mcp::McpClient::new(tx.clone())));
     if let Some(client) = &mcp {
         let client = client.clone();
+        // Where the camera tool uploads, with a token bound to this session.
+        let vision = (app.vision.is_some() && conn.vision_url.is_some()).then(|| {
+            let url = conn.vision_url.clone().unwrap_or_default();
+            (url, app.auth.issue_vision(&conn.device_id, &conn.session_id))
+        });
         tokio::spawn(
             async move {
-                match client.discover(None).await {
+                let vision = vision.as_ref().map(|(url, token)| (url.as_str(), token.as_str()));
+                match client.discover(vision).await {
                     Ok(n) => info!(tools = n, "device tools discovered"),
                     Err(e) => warn!(error = %e, "device MCP discovery failed; no device tools this session"),
                 }
@@ -222,6 +230,7 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         session_id: conn.session_id.clone(),
         replaced: Default::default(),
         commands: commands_tx,
+        mcp: mcp.clone(),
     };
     let replaced = entry.replaced.clone();
     app.sessions.register(&conn.device_id, entry);

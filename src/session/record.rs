@@ -15,6 +15,7 @@ use crate::audio::opus::UplinkDecoder;
 use crate::config::ClipFileFormat;
 use crate::pipeline::{Reply, Utterance};
 use crate::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, SourceType, TurnRecord};
+use crate::vision::VisionImage;
 
 /// Sequence numbers reserved per turn of a tool-using brain: the user's message, tool calls and
 /// results, the answer.
@@ -97,18 +98,27 @@ pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
             interrupted: false,
             created_at: at,
         });
+        let result_id = Uuid::now_v7();
+        let result_at = at + chrono::Duration::microseconds(1);
+        let images: Vec<ClipRecord> =
+            t.images.iter().map(|i| image_clip(&ctx, result_id, i, result_at)).collect();
         messages.push(MessageRecord {
-            message_id: Uuid::now_v7(),
+            message_id: result_id,
             sequence_num: next_seq + 1,
             role: Role::Tool,
             content: t.result.clone(),
-            multi_content: None,
+            multi_content: (!images.is_empty()).then(|| {
+                json!(
+                    images.iter().map(|c| json!({"type": "image", "file_id": c.file_id})).collect::<Vec<_>>()
+                )
+            }),
             tool_calls: None,
             tool_call_id: Some(t.call_id.clone()),
-            audio_file_id: None,
+            audio_file_id: images.first().map(|c| c.file_id),
             interrupted: false,
-            created_at: at + chrono::Duration::microseconds(1),
+            created_at: result_at,
         });
+        clips.extend(images);
         next_seq += 2;
     }
     let assistant_seq = next_seq;
@@ -183,6 +193,28 @@ fn clip(
         data,
         created_at: at,
     })
+}
+
+/// The row (and staged bytes) of a camera image, kept with the tool result it belongs to.
+fn image_clip(ctx: &TurnContext, message_id: Uuid, image: &VisionImage, at: DateTime<Utc>) -> ClipRecord {
+    let file_id = Uuid::now_v7();
+    let session = &ctx.session;
+    ClipRecord {
+        file_id,
+        message_id,
+        bucket_name: ctx.bucket.to_string(),
+        object_key: object_key(&session.device_id, at, session.session_id, file_id, image.file_type),
+        file_type: image.file_type.into(),
+        duration_ms: 0,
+        sample_rate: 0,
+        channels: 0,
+        source_type: SourceType::Image,
+        transcription: None,
+        metadata: json!({ "question": image.question, "answer": image.answer }),
+        checksum: hex(&Sha256::digest(&image.data)),
+        data: image.data.clone(),
+        created_at: at,
+    }
 }
 
 /// Decodes packets to 16 kHz 16-bit mono PCM in a WAV container.

@@ -31,6 +31,9 @@ pub struct SessionEntry {
     /// Cancelled when a newer connection from the same device takes over.
     pub replaced: CancellationToken,
     pub commands: mpsc::Sender<SessionCommand>,
+    /// The session's MCP client, when the device has tools (the vision endpoint hands it the
+    /// images the device uploads).
+    pub mcp: Option<std::sync::Arc<super::mcp::McpClient>>,
 }
 
 /// All live sessions of this process, one per device.

@@ -35,6 +35,9 @@ pub fn content_type(file_type: &str) -> &'static str {
         "ogg" => "audio/ogg",
         "wav" => "audio/wav",
         "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
         _ => "application/octet-stream",
     }
 }

@@ -15,6 +15,14 @@ use crate::helpers::*;
 
 /// A gateway whose brain talks to `fake`.
 pub async fn spawn_brain(fake: &FakeOpenAi) -> (TestApp, tempfile::TempDir) {
+    spawn_brain_with(fake, |_| {}).await
+}
+
+/// A gateway whose brain talks to `fake`, with settings changed by `adjust`.
+pub async fn spawn_brain_with(
+    fake: &FakeOpenAi,
+    adjust: impl FnOnce(&mut Settings),
+) -> (TestApp, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -27,6 +35,7 @@ pub async fn spawn_brain(fake: &FakeOpenAi) -> (TestApp, tempfile::TempDir) {
     settings.brain.tts_url = Some(fake.base_url());
     settings.brain.llm_api_key = Some("llm-key".into());
     settings.brain.provider_timeout_secs = 5;
+    adjust(&mut settings);
     let app = AppState::start_configured(settings).await.expect("gateway with a brain starts");
     let server = Server::bind(app.clone()).await.unwrap();
     let addr = server.local_addr().unwrap();
@@ -34,14 +43,14 @@ pub async fn spawn_brain(fake: &FakeOpenAi) -> (TestApp, tempfile::TempDir) {
     (TestApp::from_parts(addr, app), data)
 }
 
-async fn speak(dev: &mut DeviceClient) {
+pub async fn speak(dev: &mut DeviceClient) {
     let mut uplink = speech_packets();
     uplink.extend(silence_packets(10));
     dev.tx.listen_start(ListenMode::Auto).await.unwrap();
     dev.tx.stream_audio(&uplink, Duration::from_millis(5)).await.unwrap();
 }
 
-async fn stored(app: &TestApp, session: &str) -> Vec<(Role, String, bool)> {
+pub async fn stored(app: &TestApp, session: &str) -> Vec<(Role, String, bool)> {
     let id = uuid::Uuid::parse_str(session).unwrap();
     for _ in 0..100 {
         app.app.writer.flush().await;
@@ -154,7 +163,7 @@ async fn abort_cancels_the_model_and_keeps_what_was_said() {
 async fn a_failing_model_gets_a_spoken_apology_and_the_session_goes_on() {
     let fake = FakeOpenAi::start().await;
     fake.set_transcription(AsrScript::text("hello"));
-    fake.push_chat(ChatScript::Status(500, "upstream exploded".into()));
+    fake.set_chat(ChatScript::Status(500, "upstream exploded".into()));
     let (app, _data) = spawn_brain(&fake).await;
     let mut dev = app.connect().await;
     speak(&mut dev).await;
@@ -209,7 +218,7 @@ async fn the_xiaozhi_sdk_completes_a_turn_with_the_brain_on() {
 }
 
 /// Answers the gateway's MCP requests like firmware; returns the `tools/call` params it saw.
-async fn answer_mcp(
+pub async fn answer_mcp(
     dev: &mut DeviceClient,
     payload: &serde_json::Value,
     tool_result: Result<&str, &str>,

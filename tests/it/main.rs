@@ -4,6 +4,7 @@
 mod admin_api;
 mod bad_input;
 mod brain;
+mod brain_resilience;
 mod fake_openai;
 mod helpers;
 mod interop;
@@ -15,3 +16,4 @@ mod storage_suite;
 mod store_suite;
 mod turns;
 mod uploads;
+mod vision;

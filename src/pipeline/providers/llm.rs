@@ -27,7 +27,7 @@ pub enum ChatMessage {
         content: String,
     },
     User {
-        content: String,
+        content: UserContent,
     },
     /// What the model said: text, tool calls, or both. `content` is sent as `null` when absent.
     Assistant {
@@ -49,7 +49,20 @@ impl ChatMessage {
     }
 
     pub fn user(content: impl Into<String>) -> Self {
-        Self::User { content: content.into() }
+        Self::User { content: UserContent::Text(content.into()) }
+    }
+
+    /// A question about an image, for a vision-capable model: the image goes inline as a
+    /// `data:` URL.
+    pub fn user_with_image(text: impl Into<String>, mime: &str, image: &[u8]) -> Self {
+        use base64::Engine;
+        let url = format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(image));
+        Self::User {
+            content: UserContent::Parts(vec![
+                json!({"type": "text", "text": text.into()}),
+                json!({"type": "image_url", "image_url": {"url": url}}),
+            ]),
+        }
     }
 
     pub fn assistant(content: impl Into<String>) -> Self {
@@ -64,6 +77,14 @@ impl ChatMessage {
     pub fn tool(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
         Self::Tool { tool_call_id: tool_call_id.into(), content: content.into() }
     }
+}
+
+/// What a user message holds: plain text, or content parts (text and images).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UserContent {
+    Text(String),
+    Parts(Vec<Value>),
 }
 
 /// A tool call the model made. On the wire:
@@ -209,6 +230,20 @@ impl Llm {
         let events = GapTimeout::new(resp.bytes_stream(), self.cfg.timeout).eventsource();
         let state = StreamState { events: Box::pin(events), parser: ChunkParser::default(), finished: false };
         Ok(Box::pin(futures_util::stream::unfold(state, next_event)))
+    }
+
+    /// A whole answer without tools: the streamed tokens joined.
+    pub async fn complete(&self, messages: Vec<ChatMessage>) -> Result<String, ProviderError> {
+        let mut stream = self.stream(messages, Vec::new()).await?;
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event? {
+                LlmEvent::Token(t) => text.push_str(&t),
+                LlmEvent::ToolCall { .. } => {}
+                LlmEvent::Done { .. } => break,
+            }
+        }
+        Ok(text)
     }
 }
 

@@ -1,0 +1,196 @@
+//! The camera tool's upload endpoint, `POST /mcp/vision/explain`. A device whose session
+//! announced MCP is told in `initialize` where to upload (this endpoint) and with what bearer
+//! token (signed, bound to that device and session). When the model calls the device's
+//! `self.camera.take_photo`, the device photographs, uploads the JPEG with the model's
+//! question as multipart form data, and returns our answer as the tool's result.
+//!
+//! Here the image is checked (token, size, that it is an image), a vision-capable chat model
+//! answers the question, and the image is handed to the device's live session, which keeps it
+//! with the tool call's result: the turn's transaction stages it in the same outbox as the
+//! audio clips (`source_type` image), and the upload pool puts it in object storage.
+//!
+//! The upload must reach the gateway process that holds the device's WebSocket (one process,
+//! or a load balancer that routes by device); elsewhere it is refused with 409.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::pipeline::providers::llm::{ChatMessage, Llm};
+use crate::pipeline::providers::{ProviderConfig, ProviderError};
+use crate::server::AppState;
+
+/// Where devices upload.
+pub const PATH: &str = "/mcp/vision/explain";
+/// The longest question kept.
+const MAX_QUESTION_CHARS: usize = 2000;
+/// What the model is told about its job.
+const VISION_PROMPT: &str = "You see the picture a voice assistant's camera just took. Answer the question about it \
+     briefly and concretely, in the language of the question.";
+
+/// An image a device uploaded during a tool call, with what was asked and answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionImage {
+    pub data: Bytes,
+    /// `jpg`, `png`, `webp` or `gif`.
+    pub file_type: &'static str,
+    pub question: String,
+    pub answer: String,
+}
+
+/// A vision-capable chat model.
+#[derive(Debug, Clone)]
+pub struct VisionModel {
+    llm: Llm,
+}
+
+impl VisionModel {
+    pub fn new(cfg: ProviderConfig) -> Result<Self, ProviderError> {
+        Ok(Self { llm: Llm::new(cfg)? })
+    }
+
+    /// The model's answer to `question` about the image.
+    pub async fn explain(&self, question: &str, mime: &str, image: &[u8]) -> Result<String, ProviderError> {
+        let messages =
+            vec![ChatMessage::system(VISION_PROMPT), ChatMessage::user_with_image(question, mime, image)];
+        self.llm.complete(messages).await
+    }
+}
+
+/// The upload URL handed to a device: the public URL's host when one is configured, else the
+/// host the device itself connected to.
+pub fn endpoint_url(public_ws_url: Option<&str>, headers: &HeaderMap) -> String {
+    let ws = public_ws_url.map_or_else(|| crate::ota::derived_ws_url(headers), str::to_owned);
+    let (scheme, rest) = ws.split_once("://").unwrap_or(("ws", ws.as_str()));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let scheme = if scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https") {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{authority}{PATH}")
+}
+
+/// The image's type from its first bytes (never from what the client claims).
+fn sniff(data: &[u8]) -> Option<(&'static str, &'static str)> {
+    if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(("jpg", "image/jpeg"))
+    } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(("png", "image/png"))
+    } else if data.len() > 12 && &data[..4] == b"RIFF" && &data[8..12] == b"WEBP" {
+        Some(("webp", "image/webp"))
+    } else if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
+        Some(("gif", "image/gif"))
+    } else {
+        None
+    }
+}
+
+/// The answer the firmware shows to the model: JSON with `success` and the text or the reason.
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    let message = message.into();
+    tracing::warn!(status = status.as_u16(), %message, "vision upload refused");
+    (status, Json(json!({ "success": false, "message": message }))).into_response()
+}
+
+/// `POST /mcp/vision/explain`.
+pub async fn explain(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
+    let Some(token) = token else {
+        return refuse(StatusCode::UNAUTHORIZED, "a bearer token from MCP initialize is required");
+    };
+    let (device_id, session_id) = match app.auth.check_vision(&token) {
+        Ok(bound) => bound,
+        Err(e) => return refuse(e.status(), e.to_string()),
+    };
+    let claimed = headers.get("device-id").and_then(|v| v.to_str().ok());
+    if claimed.is_some_and(|d| !d.trim().eq_ignore_ascii_case(&device_id)) {
+        return refuse(StatusCode::FORBIDDEN, "the token belongs to another device");
+    }
+    let span = tracing::info_span!("vision", device_id = %device_id, session_id = %session_id);
+    let _enter = span.enter();
+    let Some(model) = app.vision.as_ref() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "no vision model is configured");
+    };
+    let mut multipart = match multipart {
+        Ok(m) => m,
+        Err(e) => return refuse(e.status(), format!("expected multipart/form-data: {}", e.body_text())),
+    };
+    let mut question = None;
+    let mut image = None;
+    loop {
+        match multipart.next_field().await {
+            Ok(None) => break,
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_owned();
+                let bytes = match field.bytes().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return refuse(
+                            e.status(),
+                            format!("cannot read the {name:?} part: {}", e.body_text()),
+                        );
+                    }
+                };
+                match name.as_str() {
+                    "question" => {
+                        question =
+                            Some(String::from_utf8_lossy(&bytes).chars().take(MAX_QUESTION_CHARS).collect())
+                    }
+                    "file" => image = Some(bytes),
+                    _ => {}
+                }
+            }
+            Err(e) => return refuse(e.status(), format!("malformed upload: {}", e.body_text())),
+        }
+    }
+    let Some(data) = image.filter(|d| !d.is_empty()) else {
+        return refuse(StatusCode::BAD_REQUEST, "no image in the \"file\" part");
+    };
+    if data.len() > app.settings.brain.vision_max_bytes {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the image is larger than {} bytes", app.settings.brain.vision_max_bytes),
+        );
+    }
+    let Some((file_type, mime)) = sniff(&data) else {
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the file is not a JPEG, PNG, WebP or GIF image");
+    };
+    let question: String = question
+        .filter(|q: &String| !q.trim().is_empty())
+        .unwrap_or_else(|| "What is in this picture?".into());
+    let Some(tools) = app.sessions.get(&device_id).filter(|e| e.session_id == session_id).and_then(|e| e.mcp)
+    else {
+        return refuse(
+            StatusCode::CONFLICT,
+            "the session this token was issued to is not live on this gateway",
+        );
+    };
+    let answer = model.explain(&question, mime, &data).await;
+    let (status, body, kept) = match answer {
+        Ok(text) => (StatusCode::OK, json!({ "success": true, "result": text }), text),
+        Err(e) => {
+            tracing::warn!(error = %e, "vision model failed");
+            let message = format!("the vision model failed: {e}");
+            (
+                StatusCode::BAD_GATEWAY,
+                json!({ "success": false, "message": message }),
+                format!("error: {message}"),
+            )
+        }
+    };
+    tracing::info!(bytes = data.len(), file_type, "vision upload answered");
+    tools.attach_image(VisionImage { data, file_type, question, answer: kept });
+    (status, Json(body)).into_response()
+}
