@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod bad_input;
+mod binary_e2e;
 mod brain;
 mod brain_resilience;
 mod fake_openai;

@@ -37,7 +37,7 @@ async fn voice_turn(dev: &mut DeviceClient) -> Vec<Duration> {
 }
 
 /// Waits until no clip is pending; returns every clip row.
-async fn wait_uploaded(store: &Store, expected: usize, limit: Duration) -> Vec<StoredClip> {
+pub(crate) async fn wait_uploaded(store: &Store, expected: usize, limit: Duration) -> Vec<StoredClip> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let backlog = store.upload_backlog().await.unwrap();
@@ -57,7 +57,7 @@ async fn wait_uploaded(store: &Store, expected: usize, limit: Duration) -> Vec<S
 }
 
 /// Every clip row is uploaded, its object is the staged bytes (checksum), and it plays.
-fn assert_in_bucket(clips: &[StoredClip], file_of: impl Fn(&str) -> std::path::PathBuf) {
+pub(crate) fn assert_in_bucket(clips: &[StoredClip], file_of: impl Fn(&str) -> std::path::PathBuf) {
     for c in clips {
         assert_eq!(c.upload_status, "uploaded", "{c:?}");
         assert!(c.uploaded_at.is_some());
@@ -71,21 +71,27 @@ fn assert_in_bucket(clips: &[StoredClip], file_of: impl Fn(&str) -> std::path::P
     }
 }
 
-/// Files under a bucket directory of s3s-fs (its metadata files excluded).
-fn objects_in(dir: &std::path::Path) -> usize {
-    fn walk(d: &std::path::Path, n: &mut usize) {
+/// Every file under a directory, recursively (s3s-fs keeps a bucket's objects as plain files
+/// under the bucket's directory and its own metadata outside it).
+pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
             let p = e.path();
             if p.is_dir() {
-                walk(&p, n);
-            } else if p.extension().is_some_and(|x| x == "ogg") {
-                *n += 1;
+                walk(&p, out);
+            } else {
+                out.push(p);
             }
         }
     }
-    let mut n = 0;
-    walk(dir, &mut n);
-    n
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
+/// Ogg files under a bucket directory of s3s-fs.
+fn objects_in(dir: &std::path::Path) -> usize {
+    files_under(dir).iter().filter(|p| p.extension().is_some_and(|x| x == "ogg")).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
