@@ -71,7 +71,7 @@ impl Cluster {
         let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
         cmd.stdout(Stdio::null()).stderr(log);
         confine(&mut cmd, postgres_user());
-        self.child = Some(cmd.spawn().expect("start postgres"));
+        self.child = Some(crate::process::spawn(cmd).expect("start postgres"));
         self.wait_ready();
     }
 

@@ -3,7 +3,8 @@
 use std::io;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::sync::{Mutex, OnceLock, mpsc};
 
 /// A free TCP port on 127.0.0.1 (free when asked; servers bind it right after).
 pub fn free_port() -> u16 {
@@ -52,4 +53,30 @@ pub(crate) fn chown(path: &std::path::Path, user: Option<(u32, u32)>) -> io::Res
         std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     }
     Ok(())
+}
+
+/// A request to the spawner thread: the command and where to send the child.
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns a [`confine`]d command from one thread that lives as long as the process.
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child ends, not the process;
+/// spawned from a tokio blocking thread (which tokio ends after 10 s idle), a server would
+/// die in the middle of a test.
+pub(crate) fn spawn(cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    spawner.lock().unwrap_or_else(|e| e.into_inner()).send((cmd, tx)).map_err(io::Error::other)?;
+    rx.recv().map_err(io::Error::other)?
 }

@@ -69,7 +69,7 @@ impl S3Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         confine(&mut cmd, None);
-        self.child = Some(cmd.spawn().expect("start s3s-fs"));
+        self.child = Some(crate::process::spawn(cmd).expect("start s3s-fs"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "s3s-fs did not start listening");
