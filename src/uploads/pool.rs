@@ -26,7 +26,9 @@ pub struct PoolConfig {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// How long a claimed clip is reserved for its worker.
+    /// How long a claimed clip is reserved for its worker: what a crashed process's claims
+    /// delay their clips by. Uploads are idempotent (same key, same bytes), so a lease that
+    /// runs out during a slow upload costs at most a second identical PUT.
     pub lease: Duration,
     /// How often idle workers look for work (they are also woken after each commit).
     pub poll: Duration,
@@ -39,7 +41,7 @@ impl PoolConfig {
             max_attempts: s.upload_max_attempts,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(s.upload_backoff_max_secs),
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(30),
             poll: Duration::from_secs(1),
         }
     }

@@ -78,11 +78,12 @@ impl ClipStorage {
         let scheme = if s.use_ssl { "https" } else { "http" };
         let endpoint =
             if endpoint.contains("://") { endpoint.to_owned() } else { format!("{scheme}://{endpoint}") };
-        // The upload pool does its own patient retrying; each request here fails fast.
+        // The upload pool does its own patient retrying; each request here fails fast, well
+        // within the pool's 30 s claim lease.
         let retry =
             RetryConfig { max_retries: 1, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
         let client = ClientOptions::new()
-            .with_timeout(Duration::from_secs(30))
+            .with_timeout(Duration::from_secs(20))
             .with_connect_timeout(Duration::from_secs(5))
             .with_allow_http(!s.use_ssl);
         let s3 = AmazonS3Builder::new()
