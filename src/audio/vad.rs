@@ -12,6 +12,13 @@ const MIN_SPEECH: Duration = Duration::from_millis(120);
 
 /// Duration of one detector frame.
 const FRAME_DURATION: Duration = Duration::from_millis(16);
+/// A frame whose RMS is below this (about -56 dBFS, under any microphone's speech level) is
+/// silence without asking the model: most of what a device sends between sentences costs
+/// one pass over the samples instead of an FFT and a network evaluation.
+const SILENCE_RMS: i64 = 50;
+/// After this many skipped frames the model's context (3 frames) holds nothing but silence:
+/// it is reset once, as if it had heard them.
+const SILENCE_RESET_FRAMES: u32 = 3;
 
 /// What the detector made of one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +34,8 @@ pub struct VoiceDetector {
     pending: [i16; VAD_FRAME],
     pending_len: usize,
     threshold: f32,
+    /// Consecutive frames skipped as silence.
+    quiet_run: u32,
 }
 
 impl VoiceDetector {
@@ -36,6 +45,7 @@ impl VoiceDetector {
             pending: [0; VAD_FRAME],
             pending_len: 0,
             threshold,
+            quiet_run: 0,
         }
     }
 
@@ -57,7 +67,7 @@ impl VoiceDetector {
             if self.pending_len == VAD_FRAME {
                 self.pending_len = 0;
                 total += 1;
-                if self.detector.predict_i16(&self.pending) >= self.threshold {
+                if self.frame_is_voiced() {
                     voiced += 1;
                     trailing = 0;
                 } else {
@@ -68,9 +78,24 @@ impl VoiceDetector {
         Verdict { voiced: total > 0 && voiced * 5 >= total * 2, trailing_silence: FRAME_DURATION * trailing }
     }
 
+    /// Scores the pending frame: below [`SILENCE_RMS`] it is silence without the model.
+    fn frame_is_voiced(&mut self) -> bool {
+        let energy: i64 = self.pending.iter().map(|&s| i64::from(s) * i64::from(s)).sum();
+        if energy < SILENCE_RMS * SILENCE_RMS * VAD_FRAME as i64 {
+            self.quiet_run += 1;
+            if self.quiet_run == SILENCE_RESET_FRAMES {
+                self.detector.reset();
+            }
+            return false;
+        }
+        self.quiet_run = 0;
+        self.detector.predict_i16(&self.pending) >= self.threshold
+    }
+
     pub fn reset(&mut self) {
         self.detector.reset();
         self.pending_len = 0;
+        self.quiet_run = 0;
     }
 }
 
@@ -159,6 +184,28 @@ mod tests {
             assert_eq!(e.push(false, F), Endpoint::InSpeech);
         }
         assert_eq!(e.push(false, F), Endpoint::SpeechEnded);
+    }
+
+    fn speech_sample() -> Vec<i16> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech-16k.wav");
+        hound::WavReader::open(path).unwrap().into_samples::<i16>().map(Result::unwrap).collect()
+    }
+
+    fn voiced_packets(v: &mut VoiceDetector, pcm: &[i16]) -> usize {
+        pcm.chunks(960).filter(|p| v.is_voiced(p)).count()
+    }
+
+    #[test]
+    fn speech_after_long_quiet_is_heard_as_after_none() {
+        let speech = speech_sample();
+        let fresh = voiced_packets(&mut VoiceDetector::new(0.5), &speech);
+        assert!(fresh >= 5, "the sample is speech: {fresh} voiced packets");
+        // Quiet room noise (about -66 dBFS; a whole number of packets and detector frames)
+        // skipped by the energy gate, then the same speech.
+        let mut v = VoiceDetector::new(0.5);
+        let hiss: Vec<i16> = (0..15_360).map(|i| ((i * 7919) % 31) as i16 - 15).collect();
+        assert_eq!(voiced_packets(&mut v, &hiss), 0);
+        assert_eq!(voiced_packets(&mut v, &speech), fresh);
     }
 
     #[test]
