@@ -49,7 +49,7 @@ settings_table! {
     "XIAOZHI_MAX_UTTERANCE_SECS" => "session.max_utterance_secs", "30", "Longest user utterance kept; audio beyond it ends the turn.";
     "XIAOZHI_VAD_SILENCE_MS" => "session.vad_silence_ms", "600", "Silence after speech that ends a turn in auto and realtime modes.";
     "XIAOZHI_VAD_THRESHOLD" => "session.vad_threshold", "0.5", "Voice probability (0..1) above which a 16 ms frame counts as speech.";
-    "XIAOZHI_DOWNLINK_SAMPLE_RATE" => "session.downlink_sample_rate", "24000", "Sample rate announced in the server hello for downlink Opus (8000, 12000, 16000, 24000 or 48000).";
+    "XIAOZHI_DOWNLINK_SAMPLE_RATE" => "session.downlink_sample_rate", "24000", "Sample rate of synthesized downlink Opus, announced in the server hello (8000, 12000, 16000, 24000 or 48000). The echo brain announces the uplink's rate instead: it plays the device's own packets back.";
     "XIAOZHI_DOWNLINK_PREBUFFER_FRAMES" => "session.prebuffer_frames", "2", "Reply frames sent ahead of real time (the rest are paced at their playback time).";
     "XIAOZHI_WAKE_WORDS" => "session.wake_words", "你好小智,你好小志,小爱同学,你好小鑫,你好小新,小美同学,小龙小龙,喵喵同学,小滨小滨,小冰小冰,嘿你好呀", "Comma-separated phrases that `listen detect` treats as a wake word rather than a typed turn.";
     "XIAOZHI_PROTOCOL_VERSION" => "ota.protocol_version", "1", "Binary protocol version (1, 2 or 3) the OTA endpoint tells devices to use.";

@@ -17,10 +17,7 @@ async fn fifty_devices_for_fifteen_seconds_without_a_failed_turn() {
         data_dir: data.path().to_owned(),
         ..Settings::default()
     };
-    let app =
-        AppState::start(settings.clone(), Arc::new(EchoPipeline::new(settings.session.downlink_sample_rate)))
-            .await
-            .unwrap();
+    let app = AppState::start(settings.clone(), Arc::new(EchoPipeline::new())).await.unwrap();
     let server = Server::bind(app.clone()).await.unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(server.serve());

@@ -34,7 +34,7 @@ pub fn from_settings(
     let b = &settings.brain;
     let rate = settings.session.downlink_sample_rate;
     if b.asr_url.is_none() || b.llm_url.is_none() {
-        return Ok(Arc::new(echo::EchoPipeline::new(rate)));
+        return Ok(Arc::new(echo::EchoPipeline::new()));
     }
     let timeout = Duration::from_secs(b.provider_timeout_secs);
     let chain = |urls: &Option<String>, models: &str, keys: &Option<String>| {
@@ -145,6 +145,13 @@ pub trait Pipeline: Send + Sync + 'static {
     fn uses_device_tools(&self) -> bool {
         false
     }
+
+    /// The downlink sample rate a session announces in its hello: the rate its replies are
+    /// encoded at. `configured` is the setting; `uplink` what the device's hello declared.
+    fn downlink_rate(&self, configured: u32, uplink: Option<u32>) -> u32 {
+        let _ = uplink;
+        configured
+    }
 }
 
 /// The mouth a pipeline speaks through. Audio goes to the session's writer, which paces it;
@@ -247,6 +254,11 @@ impl Reply {
         self.id
     }
 
+    /// What the writer reports about this reply.
+    pub fn progress(&self) -> Arc<ReplyProgress> {
+        self.progress.clone()
+    }
+
     /// Whether `tts start` was sent (the session then owes the device a `tts stop`).
     pub fn started(&self) -> bool {
         self.started
@@ -299,29 +311,46 @@ impl Reply {
     pub async fn say(&mut self, text: &str, speech: local_tts::Speech) -> Result<(), PipelineError> {
         self.set_clip_format(speech.format);
         self.sentence(text).await?;
-        for packet in speech.packets {
-            self.audio(packet).await?;
-        }
-        Ok(())
+        self.audio_all(speech.packets).await
     }
 
-    /// Queues one Opus packet. Packets whose TOC is unreadable or that last longer than the
+    /// Queues packets the pipeline already has in full (a sentence, an utterance) as one
+    /// hand-over to the writer. Packets whose TOC is unreadable or that last longer than the
     /// announced frame are skipped with a log line (the device could not decode them).
-    pub async fn audio(&mut self, packet: Bytes) -> Result<(), PipelineError> {
-        let duration = match firmware_protocol::opus::packet_duration_us(&packet) {
+    pub async fn audio_all(&mut self, packets: Vec<Bytes>) -> Result<(), PipelineError> {
+        let mut batch = Vec::with_capacity(packets.len());
+        for packet in packets {
+            if let Some(duration) = self.playable(&packet) {
+                self.audio_duration += duration;
+                self.audio.push(packet.clone());
+                batch.push((packet, duration));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.start().await?;
+        self.send(Downlink::Audio { reply: self.id, packets: batch, progress: self.progress.clone() }).await
+    }
+
+    /// How long a packet plays, or `None` (with a log line) when the device could not play it.
+    fn playable(&self, packet: &Bytes) -> Option<Duration> {
+        let duration = match firmware_protocol::opus::packet_duration_us(packet) {
             Ok(us) => Duration::from_micros(u64::from(us)),
             Err(e) => {
                 tracing::debug!(error = %e, "reply packet skipped");
-                return Ok(());
+                return None;
             }
         };
         if duration > self.max_packet {
             tracing::debug!(?duration, "reply packet longer than the announced frame skipped");
-            return Ok(());
+            return None;
         }
-        self.start().await?;
-        self.audio_duration += duration;
-        self.audio.push(packet.clone());
-        self.send(Downlink::Audio { reply: self.id, packet, duration, progress: self.progress.clone() }).await
+        Some(duration)
+    }
+
+    /// Queues one Opus packet (for producers that stream audio as it is made).
+    pub async fn audio(&mut self, packet: Bytes) -> Result<(), PipelineError> {
+        self.audio_all(vec![packet]).await
     }
 }

@@ -24,10 +24,12 @@ pub enum Downlink {
     /// A JSON message of reply `reply`: dropped, like its audio, once the reply is cancelled
     /// (so nothing of an interrupted reply reaches the device after its `tts stop`).
     ReplyText { reply: u64, text: String },
-    /// One Opus packet of reply `reply`, lasting `duration`.
-    Audio { reply: u64, packet: Bytes, duration: Duration, progress: Arc<ReplyProgress> },
+    /// Opus packets of reply `reply`, each with how long it lasts, paced one by one. A
+    /// producer that has a whole sentence (or utterance) hands it over in one command, so it
+    /// is not woken again for every frame the writer sends.
+    Audio { reply: u64, packets: Vec<(Bytes, Duration)>, progress: Arc<ReplyProgress> },
     /// Reply `reply` has no more audio: send `tts stop` once it has played, then report back.
-    EndOfReply { reply: u64 },
+    EndOfReply { reply: u64, progress: Arc<ReplyProgress> },
     /// Send a Close frame and stop.
     Close { code: u16, reason: &'static str },
 }
@@ -50,6 +52,8 @@ pub struct ReplyProgress {
     pub first_audio: Option<(Instant, metrics::Histogram)>,
     /// Set by the pipeline: close the session once this reply has played.
     pub end_conversation: std::sync::atomic::AtomicBool,
+    /// Notified when the writer is done with the reply: played to its end (or cut short).
+    pub played: tokio::sync::Notify,
 }
 
 /// Counters the writer keeps for its session.
@@ -73,6 +77,104 @@ pub struct Pacing {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
+/// The writer's playback clock: when the device will have played what was sent.
+struct Pacer {
+    pacing: Pacing,
+    started: Instant,
+    stats: DownlinkStats,
+    current_reply: u64,
+    /// When the device will have played everything sent so far.
+    play_end: Instant,
+    /// When the playback clock last (re)started: nothing is due before it.
+    clock_origin: Instant,
+}
+
+/// What sending a batch of audio came to.
+enum Sent {
+    /// Every packet went out, or the reply was cancelled part-way (the rest is dropped).
+    Done,
+    /// The socket refused a write.
+    SocketFailed,
+}
+
+impl Pacer {
+    /// Sends one reply's packets, each at its due time, until done or cancelled.
+    async fn audio(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+        cancelled: &mut watch::Receiver<u64>,
+        reply: u64,
+        packets: Vec<(Bytes, Duration)>,
+        progress: &ReplyProgress,
+    ) -> Sent {
+        for (packet, duration) in packets {
+            if is_cancelled(cancelled, reply) {
+                return Sent::Done;
+            }
+            let now = Instant::now();
+            // Late: the device ran out of this reply's audio more than the threshold ago.
+            let late =
+                reply == self.current_reply && now.saturating_duration_since(self.play_end) > LATE_THRESHOLD;
+            if reply != self.current_reply {
+                // What a cancelled reply had queued on the device was flushed by its
+                // `tts stop`: the next reply starts on a fresh clock, with its prebuffer.
+                if is_cancelled(cancelled, self.current_reply) {
+                    self.play_end = now;
+                    self.clock_origin = now;
+                }
+                self.current_reply = reply;
+            }
+            if self.play_end < now {
+                // The producer fell behind: the clock restarts now.
+                self.play_end = now;
+                self.clock_origin = now;
+            }
+            let due = self
+                .play_end
+                .checked_sub(self.pacing.prebuffer)
+                .unwrap_or(self.play_end)
+                .max(self.clock_origin);
+            if due > now && !wait_until(due, cancelled, reply).await {
+                return Sent::Done;
+            }
+            let ts = self.play_end.duration_since(self.started).as_millis() as u32;
+            let data = match self.pacing.version {
+                ProtocolVersion::V1 => packet,
+                v => match frame::encode(v, ts, &packet) {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reply packet dropped");
+                        continue;
+                    }
+                },
+            };
+            let len = data.len() as u64;
+            self.play_end += duration;
+            if send(sink, Message::Binary(data)).await.is_err() {
+                return Sent::SocketFailed;
+            }
+            self.stats.frames += 1;
+            self.stats.bytes += len;
+            self.pacing.metrics.frames_out.increment(1);
+            self.pacing.metrics.bytes_out.increment(len);
+            if late {
+                self.stats.late_frames += 1;
+                self.pacing.metrics.late_frames.increment(1);
+            }
+            if progress.sent.fetch_add(1, Ordering::Relaxed) == 0
+                && let Some((turn_end, histogram)) = &progress.first_audio
+            {
+                histogram.record(turn_end.elapsed().as_secs_f64());
+            }
+        }
+        Sent::Done
+    }
+}
+
+fn is_cancelled(rx: &watch::Receiver<u64>, reply: u64) -> bool {
+    reply <= *rx.borrow()
+}
+
 /// Runs the writer until the channel closes, a Close is sent, or the socket fails.
 pub async fn run(
     mut sink: SplitSink<WebSocket, Message>,
@@ -81,14 +183,15 @@ pub async fn run(
     events: mpsc::UnboundedSender<WriterEvent>,
     pacing: Pacing,
 ) -> DownlinkStats {
-    let started = Instant::now();
-    let mut stats = DownlinkStats::default();
-    let mut current_reply = 0u64;
-    // When the device will have played everything sent so far.
-    let mut play_end = Instant::now();
-    // When the playback clock last (re)started: nothing is due before it.
-    let mut clock_origin = play_end;
-    let is_cancelled = |rx: &watch::Receiver<u64>, reply: u64| reply <= *rx.borrow();
+    let now = Instant::now();
+    let mut pacer = Pacer {
+        pacing,
+        started: now,
+        stats: DownlinkStats::default(),
+        current_reply: 0,
+        play_end: now,
+        clock_origin: now,
+    };
 
     while let Some(cmd) = rx.recv().await {
         let result = match cmd {
@@ -99,69 +202,21 @@ pub async fn run(
                 }
                 send(&mut sink, Message::Text(text.into())).await
             }
-            Downlink::Audio { reply, packet, duration, progress } => {
-                if is_cancelled(&cancelled, reply) {
-                    continue;
+            Downlink::Audio { reply, packets, progress } => {
+                match pacer.audio(&mut sink, &mut cancelled, reply, packets, &progress).await {
+                    Sent::Done => Ok(()),
+                    Sent::SocketFailed => Err(()),
                 }
-                let now = Instant::now();
-                // Late: the device ran out of this reply's audio more than the threshold ago.
-                let late = reply == current_reply && now.saturating_duration_since(play_end) > LATE_THRESHOLD;
-                if reply != current_reply {
-                    // What a cancelled reply had queued on the device was flushed by its
-                    // `tts stop`: the next reply starts on a fresh clock, with its prebuffer.
-                    if is_cancelled(&cancelled, current_reply) {
-                        play_end = now;
-                        clock_origin = now;
-                    }
-                    current_reply = reply;
-                }
-                if play_end < now {
-                    // The producer fell behind: the clock restarts now.
-                    play_end = now;
-                    clock_origin = now;
-                }
-                let due = play_end.checked_sub(pacing.prebuffer).unwrap_or(play_end).max(clock_origin);
-                if due > now && !wait_until(due, &mut cancelled, reply).await {
-                    continue;
-                }
-                let ts = play_end.duration_since(started).as_millis() as u32;
-                let data = match pacing.version {
-                    ProtocolVersion::V1 => packet,
-                    v => match frame::encode(v, ts, &packet) {
-                        Ok(b) => Bytes::from(b),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reply packet dropped");
-                            continue;
-                        }
-                    },
-                };
-                let len = data.len() as u64;
-                play_end += duration;
-                let result = send(&mut sink, Message::Binary(data)).await;
-                if result.is_ok() {
-                    stats.frames += 1;
-                    stats.bytes += len;
-                    pacing.metrics.frames_out.increment(1);
-                    pacing.metrics.bytes_out.increment(len);
-                    if late {
-                        stats.late_frames += 1;
-                        pacing.metrics.late_frames.increment(1);
-                    }
-                    if progress.sent.fetch_add(1, Ordering::Relaxed) == 0
-                        && let Some((turn_end, histogram)) = &progress.first_audio
-                    {
-                        histogram.record(turn_end.elapsed().as_secs_f64());
-                    }
-                }
-                result
             }
-            Downlink::EndOfReply { reply } => {
+            Downlink::EndOfReply { reply, progress } => {
                 let mut sent = Ok(());
-                if !is_cancelled(&cancelled, reply) && wait_until(play_end, &mut cancelled, reply).await {
+                if !is_cancelled(&cancelled, reply) && wait_until(pacer.play_end, &mut cancelled, reply).await
+                {
                     sent =
                         send(&mut sink, Message::Text(ServerMessage::tts(TtsState::Stop).to_json().into()))
                             .await;
                 }
+                progress.played.notify_one();
                 let _ = events.send(WriterEvent::PlaybackDone { reply });
                 sent
             }
@@ -177,7 +232,7 @@ pub async fn run(
             break;
         }
     }
-    stats
+    pacer.stats
 }
 
 /// How long one socket write may take before the device counts as gone (a peer that stopped

@@ -148,7 +148,11 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
             return;
         }
     };
-    let downlink_params = AudioParams::opus(app.settings.session.downlink_sample_rate, DOWNLINK_FRAME_MS);
+    let downlink_rate = app.pipeline.downlink_rate(
+        app.settings.session.downlink_sample_rate,
+        hello.audio_params.as_ref().map(|p| p.sample_rate),
+    );
+    let downlink_params = AudioParams::opus(downlink_rate, DOWNLINK_FRAME_MS);
     let server_hello = ServerMessage::Hello(ServerHello {
         transport: "websocket".into(),
         session_id: conn.session_id.clone(),
@@ -240,6 +244,7 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         device_id: conn.device_id.clone().into(),
         session_id: conn.session_id.clone().into(),
         version,
+        downlink_rate,
         listening: None,
         buffer: TurnBuffer::new(
             Duration::from_secs(settings.max_utterance_secs),
@@ -318,6 +323,8 @@ struct Session {
     device_id: Arc<str>,
     session_id: Arc<str>,
     version: ProtocolVersion,
+    /// The sample rate announced in the server hello.
+    downlink_rate: u32,
     /// `Some(mode)` between `listen start` and the end of the user's turn.
     listening: Option<ListenMode>,
     buffer: TurnBuffer,
@@ -427,10 +434,7 @@ impl Session {
                 let hello = ServerMessage::Hello(ServerHello {
                     transport: "websocket".into(),
                     session_id: self.session_id.to_string(),
-                    audio_params: AudioParams::opus(
-                        self.app.settings.session.downlink_sample_rate,
-                        DOWNLINK_FRAME_MS,
-                    ),
+                    audio_params: AudioParams::opus(self.downlink_rate, DOWNLINK_FRAME_MS),
                     version: Some(self.version.number()),
                 });
                 self.send_json(&hello).await;
@@ -684,14 +688,25 @@ impl Session {
                     _ = cancelled.cancelled() => None,
                     r = app.pipeline.respond(turn, &mut reply) => Some(r),
                 };
-                let interrupted = outcome.is_none();
+                let mut interrupted = outcome.is_none();
                 if let Some(Err(e)) = &outcome {
                     warn!(error = %e, "reply failed");
                 }
                 if !interrupted {
-                    // Whatever was said gets its `tts stop` once played.
                     if reply.started() {
-                        let _ = tx.send(Downlink::EndOfReply { reply: id }).await;
+                        // Whatever was said gets its `tts stop` once played. The pipeline may
+                        // be done long before the device is (audio is handed over a sentence
+                        // at a time): the record waits, so that it holds what was heard.
+                        let progress = reply.progress();
+                        let played = progress.played.notified();
+                        let _ = tx.send(Downlink::EndOfReply { reply: id, progress: progress.clone() }).await;
+                        // A cut reply also ends the writer's wait: the cut is checked first.
+                        tokio::select! {
+                            biased;
+                            _ = cancelled.cancelled() => interrupted = true,
+                            _ = tx.closed() => interrupted = true,
+                            _ = played => {}
+                        }
                     } else {
                         let _ = events.send(WriterEvent::PlaybackDone { reply: id });
                     }

@@ -77,6 +77,7 @@ async fn a_voice_turn_streams_sentences_and_is_remembered() {
     let device = cfg.device_id.clone().unwrap();
     app.app.store.set_system_prompt(&device, "You are a pirate.").await.unwrap();
     let mut dev = DeviceClient::connect(&cfg).await.unwrap();
+    assert_eq!(dev.server_hello.audio_params.sample_rate, 24_000, "the configured synthesis rate");
     speak(&mut dev).await;
 
     // Read in arrival order: the first audio must come before the second sentence exists.

@@ -180,7 +180,20 @@ async fn device_tool_turn(
     let mut sentences = Vec::new();
     let mut asked = false;
     loop {
-        match dev.rx.next_within(Duration::from_secs(20)).await.unwrap() {
+        // Once discovery has gone quiet, the user speaks.
+        let event = if asked {
+            dev.rx.next_within(Duration::from_secs(20)).await.unwrap()
+        } else {
+            match tokio::time::timeout(Duration::from_millis(400), dev.rx.next_event()).await {
+                Ok(e) => e.unwrap(),
+                Err(_) => {
+                    asked = true;
+                    dev.tx.listen(firmware_protocol::ListenState::Detect, None, Some("do it")).await.unwrap();
+                    continue;
+                }
+            }
+        };
+        match event {
             Event::Json(ServerMessage::Mcp { payload }) => {
                 let id = payload["id"].as_i64().unwrap();
                 let result = match payload["method"].as_str().unwrap() {
@@ -199,11 +212,6 @@ async fn device_tool_turn(
                 };
                 let reply = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
                 dev.tx.send(&ClientMessage::Mcp { session_id: None, payload: reply }).await.unwrap();
-                if !asked && payload["method"] == "tools/list" {
-                    asked = true;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    dev.tx.listen(firmware_protocol::ListenState::Detect, None, Some("do it")).await.unwrap();
-                }
             }
             Event::Json(ServerMessage::Tts { state: TtsState::SentenceStart, text }) => {
                 sentences.push(text.unwrap())

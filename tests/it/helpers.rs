@@ -61,10 +61,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     settings.session.vad_silence_ms = 400;
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
-    let app =
-        AppState::start(settings.clone(), Arc::new(EchoPipeline::new(settings.session.downlink_sample_rate)))
-            .await
-            .expect("gateway starts");
+    let app = AppState::start(settings.clone(), Arc::new(EchoPipeline::new())).await.expect("gateway starts");
     let server = Server::bind(app.clone()).await.expect("bind");
     let addr = server.local_addr().unwrap();
     tokio::spawn(server.serve());
