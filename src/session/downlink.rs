@@ -54,6 +54,8 @@ pub struct ReplyProgress {
     pub end_conversation: std::sync::atomic::AtomicBool,
     /// Notified when the writer is done with the reply: played to its end (or cut short).
     pub played: tokio::sync::Notify,
+    /// Set when the reply has played to its end, just before its `tts stop` is sent.
+    pub completed: std::sync::atomic::AtomicBool,
 }
 
 /// Counters the writer keeps for its session.
@@ -212,6 +214,8 @@ pub async fn run(
                 let mut sent = Ok(());
                 if !is_cancelled(&cancelled, reply) && wait_until(pacer.play_end, &mut cancelled, reply).await
                 {
+                    // Before the device can hear of it: from here on the reply was not cut.
+                    progress.completed.store(true, Ordering::Release);
                     sent =
                         send(&mut sink, Message::Text(ServerMessage::tts(TtsState::Stop).to_json().into()))
                             .await;

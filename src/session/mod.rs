@@ -427,7 +427,12 @@ impl Session {
             ClientMessage::Listen(l) => self.on_listen(l).await,
             ClientMessage::Abort(a) => {
                 info!(reason = a.reason.as_deref().unwrap_or("-"), "abort");
+                // An abort is always answered with `tts stop`, whatever state the reply is in.
+                let stopped = self.reply_already_stopped();
                 self.interrupt().await;
+                if stopped {
+                    self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
+                }
             }
             ClientMessage::Hello(_) => {
                 // A repeated hello is answered again; it may not change the protocol version.
@@ -700,13 +705,12 @@ impl Session {
                         let progress = reply.progress();
                         let played = progress.played.notified();
                         let _ = tx.send(Downlink::EndOfReply { reply: id, progress: progress.clone() }).await;
-                        // A cut reply also ends the writer's wait: the cut is checked first.
                         tokio::select! {
-                            biased;
-                            _ = cancelled.cancelled() => interrupted = true,
-                            _ = tx.closed() => interrupted = true,
                             _ = played => {}
+                            _ = cancelled.cancelled() => {}
+                            _ = tx.closed() => {}
                         }
+                        interrupted = !progress.completed.load(std::sync::atomic::Ordering::Acquire);
                     } else {
                         let _ = events.send(WriterEvent::PlaybackDone { reply: id });
                     }
@@ -737,18 +741,31 @@ impl Session {
     /// Stops the current reply at once (if any) and tells the device `tts stop`. Always
     /// answers: the device waits in Speaking for that `tts stop` after an abort.
     async fn interrupt(&mut self) {
+        let stopped = self.reply_already_stopped();
         self.cancel_reply();
         self.buffer.reset();
-        self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
+        if !stopped {
+            self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
+        }
     }
 
     /// Barge-in: like [`Self::interrupt`] but the user's new speech stays buffered.
     async fn interrupt_keeping_audio(&mut self) {
-        if self.reply.is_some() {
+        let stopped = self.reply_already_stopped();
+        if self.reply.is_some() && !stopped {
             self.app.metrics.barge_ins.increment(1);
         }
         self.cancel_reply();
-        self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
+        if !stopped {
+            self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
+        }
+    }
+
+    /// Whether the active reply has played to its end and its `tts stop` is on the way (the
+    /// session hears of it a moment later; a device that reacts at once must not get a second
+    /// `tts stop` for a reply that was not cut).
+    fn reply_already_stopped(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.progress.completed.load(std::sync::atomic::Ordering::Acquire))
     }
 
     fn cancel_reply(&mut self) {

@@ -359,3 +359,30 @@ async fn a_failing_device_tool_is_reported_to_the_model() {
     let tool_msg = second.iter().find(|m| m["role"] == "tool").unwrap();
     assert!(tool_msg["content"].as_str().unwrap().contains("Missing valid argument"), "{tool_msg}");
 }
+
+/// A device that presses the button again the moment `tts stop` arrives (the session hears of
+/// the end of playback a moment after the device does): every turn gets its whole reply and a
+/// single `tts stop`, never a stray one that would end the next turn before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_push_to_talk_turns_get_one_tts_stop_each() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("again"));
+    fake.set_chat(ChatScript::reply(&["Yes."]));
+    fake.set_speech(SpeechScript::sine_pcm(440.0, 120));
+    let (app, _data) = spawn_brain(&fake).await;
+    let mut cfg = app.device();
+    cfg.hello = Some(firmware_protocol::ClientHello {
+        features: None,
+        ..firmware_protocol::ClientHello::firmware(1)
+    });
+    let mut dev = DeviceClient::connect(&cfg).await.unwrap();
+    let uplink: Vec<Vec<u8>> = speech_packets().into_iter().take(5).collect();
+    for turn in 0..30 {
+        dev.tx.listen_start(ListenMode::Manual).await.unwrap();
+        dev.tx.stream_audio(&uplink, Duration::ZERO).await.unwrap();
+        dev.tx.listen(ListenState::Stop, None, None).await.unwrap();
+        let reply = collect_reply(&mut dev.rx, Duration::from_secs(10), Duration::ZERO).await;
+        assert_eq!(reply.sentences(), vec!["Yes."], "turn {turn}: {:?}", reply.messages);
+        assert!(!reply.frames.is_empty(), "turn {turn}: audio before the tts stop");
+    }
+}
