@@ -261,16 +261,18 @@ async fn upgrade(
         {
             Ok(v) => Some(v),
             Err(()) => {
+                app.metrics.handshake(Handshake::BadRequest);
                 return (StatusCode::BAD_REQUEST, format!("Protocol-Version {v:?} is not 1, 2 or 3\n"))
                     .into_response();
             }
         },
         Some(Err(_)) => {
+            app.metrics.handshake(Handshake::BadRequest);
             return (StatusCode::BAD_REQUEST, "Protocol-Version is not text\n").into_response();
         }
     };
     if app.draining.is_cancelled() {
-        app.metrics.handshake(Handshake::LimitReached);
+        app.metrics.handshake(Handshake::Draining);
         return (StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down\n").into_response();
     }
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {

@@ -310,6 +310,17 @@ enum End {
     Close(u16, &'static str),
 }
 
+/// What a draining session still waits for before it closes.
+#[derive(Debug, Clone, Copy)]
+enum DrainWait {
+    /// Nothing was in progress.
+    Nothing,
+    /// The reply being spoken when draining began.
+    Reply,
+    /// The user was speaking: their turn's reply (reply ids from `next_reply` on).
+    Utterance { next_reply: u64 },
+}
+
 /// The reply being spoken.
 struct ActiveReply {
     id: u64,
@@ -359,10 +370,10 @@ impl Session {
         let idle = self.app.settings.session.idle_timeout();
         let shutdown = self.app.shutdown.clone();
         let draining = self.app.draining.clone();
-        // Set once draining: the session closes as soon as no turn is in progress.
-        let mut closing = false;
+        // Set once draining: what the session still waits for before it closes.
+        let mut closing: Option<DrainWait> = None;
         loop {
-            if closing && !self.turn_in_progress() {
+            if closing.is_some_and(|w| self.drained(w)) {
                 return End::Close(close::GOING_AWAY, "server shutting down");
             }
             let idle_deadline = self.last_activity + idle;
@@ -406,9 +417,15 @@ impl Session {
                     info!("replaced by a newer connection from the same device");
                     return End::Close(close::REPLACED, "replaced by a newer connection");
                 }
-                _ = draining.cancelled(), if !closing => {
+                _ = draining.cancelled(), if closing.is_none() => {
                     info!("draining: closing once the turn in progress is done");
-                    closing = true;
+                    closing = Some(if self.reply.is_some() {
+                        DrainWait::Reply
+                    } else if self.turn_in_progress() {
+                        DrainWait::Utterance { next_reply: self.next_reply }
+                    } else {
+                        DrainWait::Nothing
+                    });
                 }
                 _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
             }
@@ -533,6 +550,18 @@ impl Session {
     }
 
     /// Whether the user is speaking (or holding push-to-talk) or a reply is under way.
+    /// Whether the turn that was in progress when draining began is over (a turn the user
+    /// starts after that is not waited for).
+    fn drained(&self, wait: DrainWait) -> bool {
+        match wait {
+            DrainWait::Nothing => true,
+            DrainWait::Reply => self.reply.is_none(),
+            // The utterance became a reply, which has ended; or it was abandoned.
+            DrainWait::Utterance { next_reply } if self.next_reply > next_reply => self.reply.is_none(),
+            DrainWait::Utterance { .. } => !self.turn_in_progress(),
+        }
+    }
+
     fn turn_in_progress(&self) -> bool {
         self.reply.is_some()
             || self.buffer.speech_started()

@@ -25,16 +25,19 @@ pub enum Handshake {
     LimitReached,
     BadRequest,
     Dropped,
+    /// Refused because the gateway is draining.
+    Draining,
 }
 
 impl Handshake {
-    const ALL: [Handshake; 6] = [
+    const ALL: [Handshake; 7] = [
         Handshake::Ok,
         Handshake::AuthRefused,
         Handshake::HelloTimeout,
         Handshake::LimitReached,
         Handshake::BadRequest,
         Handshake::Dropped,
+        Handshake::Draining,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -44,6 +47,7 @@ impl Handshake {
             Handshake::LimitReached => "limit_reached",
             Handshake::BadRequest => "bad_request",
             Handshake::Dropped => "dropped",
+            Handshake::Draining => "draining",
         }
     }
 }
@@ -77,7 +81,7 @@ pub struct Metrics {
     process: metrics_process::Collector,
     sessions_by_version: [Gauge; 3],
     pub connections: Gauge,
-    handshakes: [Counter; 6],
+    handshakes: [Counter; 7],
     pub frames_in: Counter,
     pub bytes_in: Counter,
     pub frames_out: Counter,

@@ -386,3 +386,29 @@ async fn back_to_back_push_to_talk_turns_get_one_tts_stop_each() {
         assert!(!reply.frames.is_empty(), "turn {turn}: audio before the tts stop");
     }
 }
+
+/// The brain's clips are playable too: the user's utterance and the synthesized reply (24 kHz
+/// Opus encoded here), each as long as what was sent and heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brains_reply_clip_is_playable_and_as_long_as_what_was_heard() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_transcription(AsrScript::text("sing"));
+    fake.set_chat(ChatScript::reply(&["La la la.", " La la."]));
+    fake.set_speech(SpeechScript::sine_pcm(440.0, 700));
+    let (app, _data) = spawn_brain(&fake).await;
+    let mut dev = app.connect().await;
+    speak(&mut dev).await;
+    let reply = collect_reply(&mut dev.rx, Duration::from_secs(20), Duration::ZERO).await;
+    let heard_ms = reply.frames.len() as i64 * 60;
+    app.app.writer.flush().await;
+    let clips = crate::uploads::wait_uploaded(&app.app.store, 2, Duration::from_secs(20)).await;
+    let root = app.app.settings.data_dir.join("objects").join(&app.app.settings.storage.bucket);
+    let tts = clips.iter().find(|c| c.source_type == "tts").expect("a reply clip");
+    assert_eq!((tts.sample_rate, tts.channels), (24_000, 1));
+    let (ms, warnings) = crate::persistence::opusinfo(&std::fs::read(root.join(&tts.object_key)).unwrap());
+    assert!(warnings.is_empty(), "{warnings}");
+    assert!((ms as i64 - heard_ms).abs() <= 60, "clip {ms} ms, device heard {heard_ms} ms");
+    let user = clips.iter().find(|c| c.source_type == "user").expect("the user's clip");
+    let (ms, warnings) = crate::persistence::opusinfo(&std::fs::read(root.join(&user.object_key)).unwrap());
+    assert!(warnings.is_empty() && ms >= 1000, "{ms} ms: {warnings}");
+}

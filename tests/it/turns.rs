@@ -259,3 +259,25 @@ async fn browser_hello_and_twenty_ms_frames_work() {
     assert_echo_of(&reply, &uplink);
     assert!(reply.frames.len() > speech_packets_ms(20).len() / 2);
 }
+
+/// Devices are configured with whatever WebSocket URL their owner typed: any path upgrades.
+#[tokio::test]
+async fn any_websocket_path_is_a_device_session() {
+    let app = spawn_app().await;
+    for path in ["/", "/ws", "/xiaozhi/v1", "/some/proxy/prefix/xiaozhi/v1/"] {
+        let cfg = DeviceConfig::new(format!("ws://{}{path}", app.addr), fresh_device_id());
+        let mut dev = DeviceClient::connect(&cfg).await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        dev.tx.listen(ListenState::Detect, None, Some("hello there")).await.unwrap();
+        let reply = collect_reply(&mut dev.rx, REPLY_LIMIT, Duration::ZERO).await;
+        assert_eq!(reply.sentences(), vec!["hello there"], "{path}");
+    }
+    // A plain GET elsewhere is not found; on the device path it says what lives there.
+    let client = reqwest::Client::new();
+    let status = |p: &'static str| {
+        let c = client.clone();
+        let url = format!("http://{}{p}", app.addr);
+        async move { c.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/favicon.ico").await, 404);
+    assert_eq!(status("/xiaozhi/v1/").await, 426);
+}
