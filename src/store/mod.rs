@@ -181,10 +181,14 @@ mod ts_impls {
 
 fn migrations(kind: DatabaseKind) -> Vec<Migration> {
     let files: &[(i64, &str, &str)] = match kind {
-        DatabaseKind::Postgres => {
-            &[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))]
-        }
-        DatabaseKind::Sqlite => &[(1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql"))],
+        DatabaseKind::Postgres => &[
+            (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+            (2, "deleted sessions", include_str!("../../migrations/postgres/0002_deleted_sessions.sql")),
+        ],
+        DatabaseKind::Sqlite => &[
+            (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
+            (2, "deleted sessions", include_str!("../../migrations/sqlite/0002_deleted_sessions.sql")),
+        ],
     };
     files
         .iter()

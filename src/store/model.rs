@@ -147,6 +147,15 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
+    /// The conversation the op writes to, if any.
+    pub fn session_id(&self) -> Option<Uuid> {
+        match self {
+            StoreOp::SessionStarted(s) | StoreOp::SessionEnded { session: s, .. } => Some(s.session_id),
+            StoreOp::Turn(t) => Some(t.session.session_id),
+            StoreOp::DeviceSeen(_) => None,
+        }
+    }
+
     /// Rough memory held by the op (for the queue's byte budget).
     pub fn weight(&self) -> usize {
         match self {

@@ -227,16 +227,21 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a session's rows; its objects are queued for deletion in the same transaction.
+    /// Deletes a session's rows; its objects are queued for deletion in the same transaction,
+    /// and the session is remembered as deleted so that a late write cannot bring it back.
     /// Returns whether the session existed.
     pub async fn delete_session(&self, session_id: Uuid) -> Result<bool, StoreError> {
         const QUEUE: &str = "INSERT INTO object_deletions (object_key, bucket_name, queued_at) \
              SELECT object_key, bucket_name, $2 FROM audio_files WHERE session_id = $1 ON CONFLICT (object_key) DO NOTHING";
         const DELETE: &str = "DELETE FROM conversation_sessions WHERE session_id = $1";
+        const TOMBSTONE: &str = "INSERT INTO deleted_sessions (session_id, deleted_at) \
+             SELECT session_id, $2 FROM conversation_sessions WHERE session_id = $1 \
+             ON CONFLICT (session_id) DO NOTHING";
         let now = Ts(Utc::now());
         let n = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(self.sql(QUEUE)).bind(session_id).bind(now).execute(&mut *tx).await?;
+            sqlx::query(self.sql(TOMBSTONE)).bind(session_id).bind(now).execute(&mut *tx).await?;
             let n = sqlx::query(self.sql(DELETE)).bind(session_id).execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             n
@@ -250,12 +255,16 @@ impl Store {
         const QUEUE: &str = "INSERT INTO object_deletions (object_key, bucket_name, queued_at) \
              SELECT object_key, bucket_name, $2 FROM audio_files WHERE device_id = $1 ON CONFLICT (object_key) DO NOTHING";
         const SESSIONS: &str = "DELETE FROM conversation_sessions WHERE device_id = $1";
+        const TOMBSTONES: &str = "INSERT INTO deleted_sessions (session_id, deleted_at) \
+             SELECT session_id, $2 FROM conversation_sessions WHERE device_id = $1 \
+             ON CONFLICT (session_id) DO NOTHING";
         const PROMPTS: &str = "DELETE FROM system_prompts WHERE device_id = $1";
         const DEVICE: &str = "DELETE FROM devices WHERE device_id = $1";
         let now = Ts(Utc::now());
         Ok(with_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(self.sql(QUEUE)).bind(device_id).bind(now).execute(&mut *tx).await?;
+            sqlx::query(self.sql(TOMBSTONES)).bind(device_id).bind(now).execute(&mut *tx).await?;
             let n = sqlx::query(self.sql(SESSIONS)).bind(device_id).execute(&mut *tx).await?.rows_affected();
             sqlx::query(self.sql(PROMPTS)).bind(device_id).execute(&mut *tx).await?;
             sqlx::query(self.sql(DEVICE)).bind(device_id).execute(&mut *tx).await?;

@@ -30,10 +30,21 @@ const UPSERT_DEVICE: &str = "INSERT INTO devices (device_id, client_id, board, f
      board = COALESCE(excluded.board, devices.board), \
      firmware_version = COALESCE(excluded.firmware_version, devices.firmware_version)";
 
-/// Runs the writes of a batch inside an open transaction (`$conn` is `&mut *tx`).
+const DELETED: &str = "SELECT COUNT(*) FROM deleted_sessions WHERE session_id = $1";
+
+/// Runs the writes of a batch inside an open transaction (`$conn` is `&mut *tx`). Writes for
+/// a session deleted meanwhile (through the admin API) are dropped with a log line.
 macro_rules! write_ops {
     ($store:expr, $conn:expr, $ops:expr) => {{
         for op in $ops {
+            if let Some(session) = op.session_id() {
+                let deleted: i64 =
+                    sqlx::query_scalar($store.sql(DELETED)).bind(session).fetch_one(&mut *$conn).await?;
+                if deleted > 0 {
+                    tracing::info!(session_id = %session, "write for a deleted conversation dropped");
+                    continue;
+                }
+            }
             match op {
                 StoreOp::Turn(turn) => {
                     let TurnRecord { session, device_id, messages, clips } = &**turn;

@@ -260,6 +260,30 @@ async fn a_retried_turn_is_not_duplicated(db: TestDb) {
     assert_eq!(db.store.count_rows(Table::Staged, None).await.unwrap(), 1);
 }
 
+/// A reply that finishes after its conversation was deleted, or a spilled write replayed
+/// later, must not bring the conversation back; other conversations are written as usual.
+async fn a_deleted_conversation_stays_deleted(db: TestDb) {
+    let device = "aa:00:00:00:00:0a";
+    let s = session(device, Utc::now());
+    db.store.write_turn(turn(&s, 0, Utc::now())).await.unwrap();
+    assert!(db.store.delete_session(s.session_id).await.unwrap());
+    let late =
+        [op(turn(&s, 2, Utc::now())), StoreOp::SessionEnded { session: s.clone(), ended_at: Utc::now() }];
+    db.store.write_batch(&late).await.unwrap();
+    assert_eq!(db.store.session(s.session_id).await.unwrap(), None, "the deleted conversation stays deleted");
+    assert!(db.store.session_messages(s.session_id).await.unwrap().is_empty());
+    assert_eq!(counts(&db, Some(device)).await, (0, 0, 0));
+
+    // Forgetting a device: its conversations stay gone too, while a new one of the same
+    // device (it reconnects later) is kept.
+    let (old, new) = (session(device, Utc::now()), session(device, Utc::now()));
+    db.store.write_turn(turn(&old, 0, Utc::now())).await.unwrap();
+    db.store.delete_device_data(device).await.unwrap();
+    db.store.write_batch(&[op(turn(&old, 2, Utc::now())), op(turn(&new, 0, Utc::now()))]).await.unwrap();
+    assert_eq!(db.store.session(old.session_id).await.unwrap(), None);
+    assert_eq!(db.store.session_messages(new.session_id).await.unwrap().len(), 2);
+}
+
 async fn the_database_going_away_loses_no_turn(mut db: TestDb) {
     let mut cfg = WriterConfig::new(db.dir.path());
     cfg.queue_capacity = 8; // small, so that the outage also exercises the spill to disk
@@ -485,6 +509,7 @@ conformance!(
     history_queries_serve_memory_and_admin,
     upload_claims_are_exclusive_and_outcomes_recorded,
     migrations_are_idempotent_and_newer_schemas_refused,
+    a_deleted_conversation_stays_deleted,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
