@@ -749,6 +749,78 @@ mod tests {
         assert!(err.contains("brain.llm_url") && err.contains("3 models for 2 URLs"), "{err}");
     }
 
+    /// The value at a dotted key of the serialized settings, as the reference writes it.
+    fn documented(settings: &Settings, key: &str) -> String {
+        let mut v = serde_json::to_value(settings).unwrap();
+        for part in key.split('.') {
+            v = v.get(part).cloned().unwrap_or_else(|| panic!("{key}: no such field in Settings"));
+        }
+        match v {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        }
+    }
+
+    /// Every row of the reference is true of the code: its key is a real field, its default is
+    /// the code's default, and its environment variable really sets that field.
+    #[test]
+    fn every_documented_setting_is_read_from_its_variable_into_its_key() {
+        let defaults = Settings::default();
+        for doc in SETTINGS {
+            assert_eq!(
+                documented(&defaults, doc.key),
+                doc.default,
+                "{} ({}): documented default",
+                doc.env,
+                doc.key
+            );
+        }
+        // Pairs that validate only together are set for every case.
+        let base = [
+            ("XIAOZHI_ASR_URL", "https://base.example/v1"),
+            ("XIAOZHI_LLM_URL", "https://base.example/v1"),
+            ("XIAOZHI_FIRMWARE_VERSION", "9.9.9"),
+            ("XIAOZHI_FIRMWARE_URL", "https://base.example/fw.bin"),
+            ("MINIO_ENDPOINT", "base.example:9000"),
+            ("MINIO_ACCESS_KEY", "base-access"),
+            ("MINIO_SECRET_KEY", "base-secret"),
+        ];
+        let base_settings = load(&base).expect("the base environment is valid");
+        let candidates = [
+            "7",
+            "2",
+            "16000",
+            "0.25",
+            "true",
+            "false",
+            "other-value",
+            "https://other.example/v1",
+            "ws://other.example/x/",
+            "127.0.0.1:9",
+            "postgres",
+            "json",
+            "wav",
+            "require",
+            "aa:bb:cc:dd:ee:ff",
+        ];
+        for doc in SETTINGS {
+            let before = documented(&base_settings, doc.key);
+            let changed = candidates.iter().any(|value| {
+                let mut env: Vec<(&str, &str)> =
+                    base.iter().copied().filter(|(k, _)| *k != doc.env).collect();
+                env.push((doc.env, value));
+                load(&env).is_ok_and(|s| documented(&s, doc.key) != before)
+            });
+            assert!(changed, "{} does not change {}", doc.env, doc.key);
+        }
+    }
+
     #[test]
     fn defaults_hold_without_anything() {
         let s = load(&[]).unwrap();

@@ -223,6 +223,36 @@ async fn idle_sessions_are_closed_cleanly() {
     assert!(wait_until(|| app.app.sessions.is_empty()).await, "session not unregistered");
 }
 
+/// Silence streamed in auto mode is not activity (a device left listening in an empty room
+/// is closed), speech is: a session that talks outlives the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_speech_keeps_a_session_from_the_idle_timeout() {
+    let app = spawn_app_with(|s| s.session.idle_timeout_secs = 2).await;
+    let mut silent = app.connect().await;
+    silent.tx.listen_start(firmware_protocol::ListenMode::Auto).await.unwrap();
+    let started = std::time::Instant::now();
+    let streaming = tokio::spawn(async move {
+        // 4 s of real-time silence, longer than the timeout.
+        let _ = silent.tx.stream_audio(&silence_packets(66), Duration::from_millis(60)).await;
+        silent
+    });
+
+    let mut talker = app.connect().await;
+    for _ in 0..3 {
+        // A turn a second: speech, the echo, a pause; 3+ s in all.
+        let reply = auto_turn(&mut talker).await;
+        assert!(!reply.frames.is_empty());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(3), "the talker outlived the 2 s timeout");
+    talker.tx.listen(firmware_protocol::ListenState::Detect, None, Some("still here")).await.unwrap();
+    let reply = collect_reply(&mut talker.rx, Duration::from_secs(5), Duration::ZERO).await;
+    assert_eq!(reply.sentences(), vec!["still here"], "the talking session is still open");
+
+    let mut silent = streaming.await.unwrap();
+    assert_eq!(expect_close(&mut silent.rx, Duration::from_secs(1)).await, Some(1000), "silence is idleness");
+}
+
 #[tokio::test]
 async fn a_hello_that_never_comes_closes_the_connection() {
     let app = spawn_app_with(|s| s.session.hello_timeout_ms = 300).await;
