@@ -148,8 +148,7 @@ pub trait Pipeline: Send + Sync + 'static {
 
     /// The downlink sample rate a session announces in its hello: the rate its replies are
     /// encoded at. `configured` is the setting; `uplink` what the device's hello declared.
-    fn downlink_rate(&self, configured: u32, uplink: Option<u32>) -> u32 {
-        let _ = uplink;
+    fn downlink_rate(&self, configured: u32, _uplink: Option<u32>) -> u32 {
         configured
     }
 }

@@ -213,11 +213,12 @@ async fn run_inner(socket: WebSocket, conn: Connection) {
         .then(|| Arc::new(mcp::McpClient::new(tx.clone())));
     if let Some(client) = &mcp {
         let client = client.clone();
-        // Where the camera tool uploads, with a token bound to this session.
-        let vision = (app.vision.is_some() && conn.vision_url.is_some()).then(|| {
-            let url = conn.vision_url.clone().unwrap_or_default();
-            (url, app.auth.issue_vision(&conn.device_id, &conn.session_id))
-        });
+        // Where the camera tool uploads (set when a vision model is configured), with a token
+        // bound to this session.
+        let vision = conn
+            .vision_url
+            .clone()
+            .map(|url| (url, app.auth.issue_vision(&conn.device_id, &conn.session_id)));
         tokio::spawn(
             async move {
                 let vision = vision.as_ref().map(|(url, token)| (url.as_str(), token.as_str()));
@@ -308,6 +309,15 @@ enum End {
     PeerGone,
     /// We close with this code and reason.
     Close(u16, &'static str),
+}
+
+/// When interrupting a reply sends the device `tts stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReply {
+    /// Always (the answer to an abort, even with nothing playing).
+    Always,
+    /// Unless the reply already played to its end (its own `tts stop` is on the way).
+    IfCut,
 }
 
 /// What a draining session still waits for before it closes.
@@ -444,12 +454,8 @@ impl Session {
             ClientMessage::Listen(l) => self.on_listen(l).await,
             ClientMessage::Abort(a) => {
                 info!(reason = a.reason.as_deref().unwrap_or("-"), "abort");
-                // An abort is always answered with `tts stop`, whatever state the reply is in.
-                let stopped = self.reply_already_stopped();
-                self.interrupt().await;
-                if stopped {
-                    self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
-                }
+                // The device waits in Speaking for the answer to its abort, whatever we were doing.
+                self.interrupt(StopReply::Always).await;
             }
             ClientMessage::Hello(_) => {
                 // A repeated hello is answered again; it may not change the protocol version.
@@ -485,7 +491,7 @@ impl Session {
                 let mode = l.mode.unwrap_or_default();
                 if self.reply.is_some() && mode != ListenMode::Realtime {
                     // The device is listening again, so whatever we were saying is moot.
-                    self.interrupt().await;
+                    self.interrupt(StopReply::IfCut).await;
                 }
                 debug!(?mode, "listen start");
                 self.listening = Some(mode);
@@ -549,7 +555,6 @@ impl Session {
         }
     }
 
-    /// Whether the user is speaking (or holding push-to-talk) or a reply is under way.
     /// Whether the turn that was in progress when draining began is over (a turn the user
     /// starts after that is not waited for).
     fn drained(&self, wait: DrainWait) -> bool {
@@ -562,6 +567,7 @@ impl Session {
         }
     }
 
+    /// Whether the user is speaking (or holding push-to-talk) or a reply is under way.
     fn turn_in_progress(&self) -> bool {
         self.reply.is_some()
             || self.buffer.speech_started()
@@ -651,7 +657,7 @@ impl Session {
 
     async fn start_reply(&mut self, input: TurnInput) {
         if self.reply.is_some() {
-            self.interrupt().await;
+            self.interrupt(StopReply::IfCut).await;
         }
         self.last_activity = Instant::now();
         self.spawn_reply(input);
@@ -767,13 +773,12 @@ impl Session {
         false
     }
 
-    /// Stops the current reply at once (if any) and tells the device `tts stop`. Always
-    /// answers: the device waits in Speaking for that `tts stop` after an abort.
-    async fn interrupt(&mut self) {
+    /// Stops the current reply at once (if any) and tells the device `tts stop` as `when` says.
+    async fn interrupt(&mut self, when: StopReply) {
         let stopped = self.reply_already_stopped();
         self.cancel_reply();
         self.buffer.reset();
-        if !stopped {
+        if when == StopReply::Always || !stopped {
             self.send_json(&ServerMessage::tts(TtsState::Stop)).await;
         }
     }
