@@ -171,3 +171,57 @@ async fn an_interrupted_reply_is_recorded_with_what_was_sent() {
     assert!(packets.abs_diff(heard) <= 2, "reply clip holds what was sent ({packets} vs {heard} heard)");
     assert!(reply_clip.duration_ms < user_clip.duration_ms / 2);
 }
+
+/// Retention on a running gateway: at start (and hourly) it deletes the rows older than the
+/// retention period, and the upload workers remove their objects; what is younger stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_expired_rows_and_their_objects() {
+    use crate::store_suite::{session, turn};
+    use std::sync::Arc;
+    use xiaozhi_gateway::pipeline::echo::EchoPipeline;
+    let data = tempfile::tempdir().unwrap();
+    let settings = |days: u32| {
+        let mut s = xiaozhi_gateway::config::Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.path().to_owned(),
+            ..Default::default()
+        };
+        s.database.message_retention_days = days;
+        s
+    };
+    let objects = data.path().join("objects").join("xiaozhi-audio");
+    let (old_day, now) = (chrono::Utc::now() - chrono::Duration::days(40), chrono::Utc::now());
+    let (old, fresh) = (session("aa:00:00:00:0e:01", old_day), session("aa:00:00:00:0e:01", now));
+    let (old_turn, fresh_turn) = (turn(&old, 0, old_day), turn(&fresh, 0, now));
+
+    // Without retention: both turns are kept and their clips uploaded.
+    let keep =
+        xiaozhi_gateway::server::AppState::start(settings(0), Arc::new(EchoPipeline::new())).await.unwrap();
+    keep.store.write_turn(old_turn.clone()).await.unwrap();
+    keep.store.write_turn(fresh_turn.clone()).await.unwrap();
+    let all: Vec<_> = old_turn.clips.iter().chain(&fresh_turn.clips).collect();
+    for _ in 0..100 {
+        if all.iter().all(|c| objects.join(&c.object_key).exists()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(all.iter().all(|c| objects.join(&c.object_key).exists()), "clips uploaded");
+    keep.shutdown.cancel();
+
+    // A gateway with 30 days of retention: the 40-day-old turn goes, rows and objects.
+    let app =
+        xiaozhi_gateway::server::AppState::start(settings(30), Arc::new(EchoPipeline::new())).await.unwrap();
+    let gone = |c: &&xiaozhi_gateway::store::model::ClipRecord| !objects.join(&c.object_key).exists();
+    for _ in 0..100 {
+        if old_turn.clips.iter().all(|c| gone(&c)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(old_turn.clips.iter().all(|c| gone(&c)), "expired objects deleted");
+    assert!(fresh_turn.clips.iter().all(|c| !gone(&c)), "young objects kept");
+    assert!(app.store.session_messages(old.session_id).await.unwrap().is_empty());
+    assert_eq!(app.store.session_messages(fresh.session_id).await.unwrap().len(), 2);
+    app.shutdown.cancel();
+}
