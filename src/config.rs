@@ -56,7 +56,7 @@ settings_table! {
     "XIAOZHI_TIMEZONE_OFFSET_MIN" => "ota.timezone_offset_min", "480", "server_time.timezone_offset given to devices (minutes east of UTC).";
     "XIAOZHI_FIRMWARE_VERSION" => "ota.firmware_version", "", "Offer this firmware version to devices (with ota.firmware_url); empty: no update offered.";
     "XIAOZHI_FIRMWARE_URL" => "ota.firmware_url", "", "Download URL of the offered firmware.";
-    "XIAOZHI_ACTIVATION" => "ota.activation", "false", "Ask unknown devices to activate with a code (off: devices connect at once).";
+    "XIAOZHI_ACTIVATION" => "ota.activation", "false", "Ask unknown devices to activate with a code, approved by an operator through POST /api/devices/{id}/activate (off: devices connect at once).";
     "XIAOZHI_ASR_URL" => "brain.asr_url", "", "OpenAI-compatible speech-to-text API base (e.g. https://api.openai.com/v1). The brain is on when this and XIAOZHI_LLM_URL are set; otherwise the echo brain answers. A comma-separated list is an ordered fallback list (same for every *_URL, *_MODEL and *_API_KEY of the brain: one value for all, or one per URL).";
     "XIAOZHI_ASR_MODEL" => "brain.asr_model", "whisper-1", "Speech-to-text model (or one per URL, comma-separated).";
     "XIAOZHI_ASR_API_KEY" => "brain.asr_api_key", "", "Bearer key for the speech-to-text API (or one per URL, comma-separated; an empty entry sends none).";

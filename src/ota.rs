@@ -59,7 +59,19 @@ pub async fn check_version(
         (Some(version), Some(url)) => Some(Firmware { version: version.clone(), url: url.clone() }),
         _ => None,
     };
-    let activation = if settings.ota.activation && !record.activated {
+    // Approval outlives restarts: the store remembers it when this process does not.
+    let activated = record.activated
+        || (settings.ota.activation
+            && matches!(
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    app.store.device_activated(&device_id)
+                )
+                .await,
+                Ok(Ok(true))
+            )
+            && app.devices.activate(&device_id));
+    let activation = if settings.ota.activation && !activated {
         app.devices.activation_code(&device_id).map(|code| Activation {
             message: format!("Activation code {code}: approve it in the admin console"),
             code,
@@ -89,7 +101,10 @@ pub async fn activate(
     let Some(device_id) = creds.device_id else {
         return error(StatusCode::BAD_REQUEST, "Device-Id header is required");
     };
-    let activated = !app.settings.ota.activation || app.devices.get(&device_id).is_some_and(|d| d.activated);
+    let device_id = device_id.to_ascii_lowercase();
+    let activated = !app.settings.ota.activation
+        || app.devices.get(&device_id).is_some_and(|d| d.activated)
+        || matches!(app.store.device_activated(&device_id).await, Ok(true));
     if activated {
         (StatusCode::OK, "success").into_response()
     } else {

@@ -71,6 +71,7 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/devices/{device_id}/system-prompt", get(get_prompt).put(put_prompt))
         .route("/api/devices/{device_id}/data", delete(forget_device))
         .route("/api/devices/{device_id}/say", post(say))
+        .route("/api/devices/{device_id}/activate", post(activate))
         .layer(middleware::from_fn_with_state(app, require_admin))
 }
 
@@ -284,6 +285,45 @@ async fn forget_device(
     let sessions = app.store.delete_device_data(&device).await?;
     app.uploads.wake();
     Ok(Json(json!({ "device_id": device, "sessions_deleted": sessions })))
+}
+
+#[derive(Deserialize)]
+struct ActivateBody {
+    /// The code the device shows (from its OTA answer); proves the operator has the device.
+    code: String,
+}
+
+/// Approves a device's activation with the code it displays; persisted, so a restart does
+/// not ask again.
+async fn activate(
+    State(app): State<Arc<AppState>>,
+    Path(device): Path<String>,
+    body: Result<Json<ActivateBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let device = device.to_ascii_lowercase();
+    let ok = json!({ "device_id": device, "activated": true });
+    // The OTA call that showed the code recorded the device; make sure that write landed.
+    app.writer.flush().await;
+    if app.devices.get(&device).is_some_and(|d| d.activated) || app.store.device_activated(&device).await? {
+        return Ok(Json(ok));
+    }
+    let Some(pending) = app.devices.get(&device).and_then(|d| d.activation_code) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no activation is pending for this device"));
+    };
+    let matches: bool = subtle::ConstantTimeEq::ct_eq(pending.as_bytes(), body.code.trim().as_bytes()).into();
+    if !matches {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "that is not the code the device shows"));
+    }
+    if !app.store.set_device_activated(&device).await? {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the device is not stored yet; try again",
+        ));
+    }
+    app.devices.activate(&device);
+    tracing::info!(device_id = %device, "device activated by an operator");
+    Ok(Json(ok))
 }
 
 #[derive(Deserialize)]

@@ -205,6 +205,22 @@ impl Store {
         }))
     }
 
+    /// Whether an operator approved the device's activation (persisted across restarts).
+    pub async fn device_activated(&self, device_id: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM devices WHERE device_id = $1 AND activated";
+        let n: i64 =
+            with_pool!(self, p => sqlx::query_scalar(self.sql(SQL)).bind(device_id).fetch_one(p).await?);
+        Ok(n > 0)
+    }
+
+    /// Records an operator's approval of the device's activation. Returns false for a device
+    /// the store has never seen.
+    pub async fn set_device_activated(&self, device_id: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "UPDATE devices SET activated = TRUE WHERE device_id = $1";
+        let n = with_pool!(self, p => sqlx::query(self.sql(SQL)).bind(device_id).execute(p).await?.rows_affected());
+        Ok(n > 0)
+    }
+
     /// The device's active system prompt.
     pub async fn system_prompt(&self, device_id: &str) -> Result<Option<String>, StoreError> {
         const SQL: &str = "SELECT prompt FROM system_prompts WHERE device_id = $1 AND is_active";

@@ -72,6 +72,7 @@ async fn ota_offers_configured_url_firmware_activation_and_version() {
         s.ota.firmware_url = Some("https://fw.example.com/x.bin".into());
         s.ota.activation = true;
         s.ota.protocol_version = 3;
+        s.admin.token = Some("admin-secret".into());
     })
     .await;
     let (status, v) = ota(&app, Some("a0:b1:c2:d3:e4:f5"), firmware_ota_body().to_string()).await;
@@ -95,10 +96,43 @@ async fn ota_offers_configured_url_firmware_activation_and_version() {
             .as_u16()
     };
     assert_eq!(activate().await, 202, "waiting until an operator approves");
-    assert!(app.app.devices.activate("a0:b1:c2:d3:e4:f5"));
+    // The operator types the code the device shows into the admin API.
+    let approve = |device: &'static str, code: String| {
+        let url = app.http_url(&format!("/api/devices/{device}/activate"));
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth("admin-secret")
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(approve("a0:b1:c2:d3:e4:f5", wrong.into()).await, 422, "a wrong code is refused");
+    assert_eq!(activate().await, 202);
+    assert_eq!(approve("ff:ff:ff:00:00:01", code.clone()).await, 404, "no activation pending there");
+    assert_eq!(approve("a0:b1:c2:d3:e4:f5", code.clone()).await, 200);
     assert_eq!(activate().await, 200);
     let (_, v) = ota(&app, Some("a0:b1:c2:d3:e4:f5"), firmware_ota_body().to_string()).await;
     assert!(v.get("activation").is_none(), "an activated device is not asked again: {v}");
+
+    // The approval is kept in the store: a restarted gateway does not ask again.
+    let restarted = xiaozhi_gateway::server::AppState::start(
+        app.app.settings.clone(),
+        std::sync::Arc::new(xiaozhi_gateway::pipeline::echo::EchoPipeline::new()),
+    )
+    .await
+    .unwrap();
+    let server = xiaozhi_gateway::server::Server::bind(restarted.clone()).await.unwrap();
+    let again = TestApp::from_parts(server.local_addr().unwrap(), restarted);
+    tokio::spawn(server.serve());
+    let (_, v) = ota(&again, Some("a0:b1:c2:d3:e4:f5"), firmware_ota_body().to_string()).await;
+    assert!(v.get("activation").is_none(), "activation survives a restart: {v}");
+    let (_, v) = ota(&again, Some("a0:b1:c2:d3:e4:f6"), firmware_ota_body().to_string()).await;
+    assert!(v.get("activation").is_some(), "other devices still need approval");
 }
 
 #[tokio::test]
