@@ -257,6 +257,11 @@ async fn get_prompt(State(app): State<Arc<AppState>>, Path(device): Path<String>
     }
 }
 
+/// Longest system prompt (characters, as the OpenAPI document's `maxLength` counts).
+const MAX_PROMPT_CHARS: usize = 32 * 1024;
+/// Longest text for server-initiated speech.
+const MAX_SAY_CHARS: usize = 2000;
+
 #[derive(Deserialize)]
 struct PromptBody {
     prompt: String,
@@ -268,8 +273,11 @@ async fn put_prompt(
     body: Result<Json<PromptBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    if body.prompt.trim().is_empty() || body.prompt.len() > 32 * 1024 {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "prompt must be 1 byte to 32 KiB of text"));
+    if body.prompt.trim().is_empty() || body.prompt.chars().count() > MAX_PROMPT_CHARS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("prompt must be 1 to {MAX_PROMPT_CHARS} characters, not only spaces"),
+        ));
     }
     let device = device.to_ascii_lowercase();
     app.store.set_system_prompt(&device, &body.prompt).await?;
@@ -303,6 +311,10 @@ async fn activate(
     let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let device = device.to_ascii_lowercase();
     let ok = json!({ "device_id": device, "activated": true });
+    if !app.settings.ota.activation {
+        // Every device counts as activated (as /xiaozhi/ota/activate also answers).
+        return Ok(Json(ok));
+    }
     // The OTA call that showed the code recorded the device; make sure that write landed.
     app.writer.flush().await;
     if app.devices.get(&device).is_some_and(|d| d.activated) || app.store.device_activated(&device).await? {
@@ -338,8 +350,11 @@ async fn say(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let text = body.text.trim().to_owned();
-    if text.is_empty() || text.len() > 2000 {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "text must be 1 to 2000 bytes"));
+    if text.is_empty() || text.chars().count() > MAX_SAY_CHARS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("text must be 1 to {MAX_SAY_CHARS} characters, not only spaces"),
+        ));
     }
     let device = device.to_ascii_lowercase();
     let entry = app
