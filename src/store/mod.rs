@@ -309,6 +309,17 @@ impl Store {
         &self.pool
     }
 
+    /// The statement that opens a write transaction. SQLite's default (deferred) transaction
+    /// that reads before it writes fails at once with SQLITE_BUSY_SNAPSHOT when another
+    /// connection wrote in between; `BEGIN IMMEDIATE` takes the write lock first and waits
+    /// for it (busy timeout) instead.
+    pub(crate) fn begin_write(&self) -> &'static str {
+        match &self.pool {
+            Pool::Postgres(_) => "BEGIN",
+            Pool::Sqlite(_) => "BEGIN IMMEDIATE",
+        }
+    }
+
     pub(crate) fn sql(&self, q: &'static str) -> &'static str {
         sql_for(&self.pool, q)
     }

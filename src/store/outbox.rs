@@ -68,7 +68,7 @@ impl Store {
         };
         let mut out = Vec::new();
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             let rows = sqlx::query(self.sql(claim))
                 .bind(Ts(now))
                 .bind(limit)
@@ -108,7 +108,7 @@ impl Store {
              upload_attempts = upload_attempts + 1 WHERE file_id = $1 AND upload_status = 'pending'";
         const UNSTAGE: &str = "DELETE FROM audio_staging WHERE file_id = $1";
         Ok(with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             let n = sqlx::query(self.sql(MARK)).bind(file_id).bind(Ts(at)).execute(&mut *tx).await?.rows_affected();
             // Only a clip this upload completed loses its staged bytes: one given up meanwhile
             // keeps them for an operator retry.

@@ -235,7 +235,7 @@ impl Store {
              VALUES ($1, $2, $3, TRUE, $4, $4)";
         let now = Ts(Utc::now());
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             sqlx::query(self.sql(DEACTIVATE)).bind(device_id).bind(now).execute(&mut *tx).await?;
             sqlx::query(self.sql(INSERT)).bind(Uuid::now_v7()).bind(device_id).bind(prompt).bind(now).execute(&mut *tx).await?;
             tx.commit().await?;
@@ -255,7 +255,7 @@ impl Store {
              ON CONFLICT (session_id) DO NOTHING";
         let now = Ts(Utc::now());
         let n = with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             sqlx::query(self.sql(QUEUE)).bind(session_id).bind(now).execute(&mut *tx).await?;
             sqlx::query(self.sql(TOMBSTONE)).bind(session_id).bind(now).execute(&mut *tx).await?;
             let n = sqlx::query(self.sql(DELETE)).bind(session_id).execute(&mut *tx).await?.rows_affected();
@@ -278,7 +278,7 @@ impl Store {
         const DEVICE: &str = "DELETE FROM devices WHERE device_id = $1";
         let now = Ts(Utc::now());
         Ok(with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             sqlx::query(self.sql(QUEUE)).bind(device_id).bind(now).execute(&mut *tx).await?;
             sqlx::query(self.sql(TOMBSTONES)).bind(device_id).bind(now).execute(&mut *tx).await?;
             let n = sqlx::query(self.sql(SESSIONS)).bind(device_id).execute(&mut *tx).await?.rows_affected();

@@ -27,7 +27,7 @@ impl Store {
              AND NOT EXISTS (SELECT 1 FROM conversation_messages m WHERE m.session_id = conversation_sessions.session_id)";
         let (cutoff, now) = (Ts(cutoff), Ts(Utc::now()));
         Ok(with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(self.begin_write()).await?;
             sqlx::query(self.sql(QUEUE)).bind(cutoff).bind(now).execute(&mut *tx).await?;
             let clips = sqlx::query(self.sql(CLIPS)).bind(cutoff).execute(&mut *tx).await?.rows_affected();
             let messages = sqlx::query(self.sql(MESSAGES)).bind(cutoff).execute(&mut *tx).await?.rows_affected();

@@ -146,7 +146,7 @@ impl Store {
     /// Commits a batch of writes in one transaction.
     pub async fn write_batch(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(self.begin_write()).await?;
             {
                 let conn = &mut *tx;
                 write_ops!(self, conn, ops);
