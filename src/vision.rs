@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::pipeline::providers::llm::{ChatMessage, Llm};
 use crate::pipeline::providers::{ProviderConfig, ProviderError};
@@ -119,7 +120,16 @@ pub async fn explain(
         return refuse(StatusCode::FORBIDDEN, "the token belongs to another device");
     }
     let span = tracing::info_span!("vision", device_id = %device_id, session_id = %session_id);
-    let _enter = span.enter();
+    answer(app, device_id, session_id, multipart).instrument(span).await
+}
+
+/// The checked upload: the photo, the model's answer, the image handed to the session.
+async fn answer(
+    app: Arc<AppState>,
+    device_id: String,
+    session_id: String,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
     let Some(model) = app.vision.as_ref() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "no vision model is configured");
     };
