@@ -257,6 +257,11 @@ async fn get_prompt(State(app): State<Arc<AppState>>, Path(device): Path<String>
     }
 }
 
+/// A JSON request body, or 400 with what was wrong with it.
+fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> ApiResult<T> {
+    body.map(|Json(b)| b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 /// Longest system prompt (characters, as the OpenAPI document's `maxLength` counts).
 const MAX_PROMPT_CHARS: usize = 32 * 1024;
 /// Longest text for server-initiated speech.
@@ -272,7 +277,7 @@ async fn put_prompt(
     Path(device): Path<String>,
     body: Result<Json<PromptBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body = json_body(body)?;
     if body.prompt.trim().is_empty() || body.prompt.chars().count() > MAX_PROMPT_CHARS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -308,7 +313,7 @@ async fn activate(
     Path(device): Path<String>,
     body: Result<Json<ActivateBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body = json_body(body)?;
     let device = device.to_ascii_lowercase();
     let ok = json!({ "device_id": device, "activated": true });
     if !app.settings.ota.activation {
@@ -348,7 +353,7 @@ async fn say(
     Path(device): Path<String>,
     body: Result<Json<SayBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body = json_body(body)?;
     let text = body.text.trim().to_owned();
     if text.is_empty() || text.chars().count() > MAX_SAY_CHARS {
         return Err(ApiError::new(

@@ -347,9 +347,4 @@ impl Reply {
         }
         Some(duration)
     }
-
-    /// Queues one Opus packet (for producers that stream audio as it is made).
-    pub async fn audio(&mut self, packet: Bytes) -> Result<(), PipelineError> {
-        self.audio_all(vec![packet]).await
-    }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use firmware_protocol::{ClientMessage, ServerMessage, TtsState};
+use firmware_protocol::{ServerMessage, TtsState};
 use xiaozhi_gateway::client::{DeviceClient, Event};
 use xiaozhi_gateway::store::model::Role;
 
@@ -195,7 +195,7 @@ async fn device_tool_turn(
         };
         match event {
             Event::Json(ServerMessage::Mcp { payload }) => {
-                let id = payload["id"].as_i64().unwrap();
+                assert!(payload["id"].is_i64(), "firmware drops MCP requests whose id is not an integer");
                 let result = match payload["method"].as_str().unwrap() {
                     "initialize" => {
                         serde_json::json!({"protocolVersion": "2024-11-05", "capabilities": {"tools": {}}})
@@ -210,8 +210,7 @@ async fn device_tool_turn(
                     }
                     m => panic!("unexpected {m}"),
                 };
-                let reply = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
-                dev.tx.send(&ClientMessage::Mcp { session_id: None, payload: reply }).await.unwrap();
+                reply_mcp(&mut dev, &payload["id"], result).await;
             }
             Event::Json(ServerMessage::Tts { state: TtsState::SentenceStart, text }) => {
                 sentences.push(text.unwrap())

@@ -215,3 +215,9 @@ pub async fn expect_close(rx: &mut DeviceReceiver, limit: Duration) -> Option<u1
         }
     }
 }
+
+/// Answers the gateway's MCP request `id` as device firmware does: a JSON-RPC result.
+pub async fn reply_mcp(dev: &mut DeviceClient, id: &serde_json::Value, result: serde_json::Value) {
+    let payload = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
+    dev.tx.send(&firmware_protocol::ClientMessage::Mcp { session_id: None, payload }).await.unwrap();
+}

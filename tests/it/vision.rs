@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use firmware_protocol::{ClientMessage, ServerMessage, TtsState};
+use firmware_protocol::{ServerMessage, TtsState};
 use reqwest::multipart::{Form, Part};
 use sha2::{Digest, Sha256};
 use xiaozhi_gateway::client::{DeviceClient, Event};
@@ -13,6 +13,7 @@ use xiaozhi_gateway::store::model::Role;
 
 use crate::brain::{spawn_brain_with, stored};
 use crate::fake_openai::{ChatScript, FakeOpenAi};
+use crate::helpers::reply_mcp;
 
 /// The smallest thing that starts like a JPEG, and enough of it to be a photo-sized upload.
 fn jpeg(len: usize) -> Vec<u8> {
@@ -31,7 +32,7 @@ async fn discover(dev: &mut DeviceClient) -> (String, String) {
         else {
             panic!("expected MCP discovery")
         };
-        let id = payload["id"].as_i64().unwrap();
+        assert!(payload["id"].is_i64(), "firmware drops MCP requests whose id is not an integer");
         let result = match payload["method"].as_str().unwrap() {
             "initialize" => {
                 let v = &payload["params"]["capabilities"]["vision"];
@@ -46,8 +47,7 @@ async fn discover(dev: &mut DeviceClient) -> (String, String) {
             }]}),
             m => panic!("unexpected {m}"),
         };
-        let reply = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
-        dev.tx.send(&ClientMessage::Mcp { session_id: None, payload: reply }).await.unwrap();
+        reply_mcp(dev, &payload["id"], result).await;
     }
     vision.expect("initialize offers the vision endpoint")
 }
@@ -111,8 +111,7 @@ async fn a_photo_is_explained_answers_the_tool_call_and_lands_in_the_bucket() {
                 assert_eq!(status, 200, "{body}");
                 vision_answer = Some(body.to_string());
                 let result = serde_json::json!({"content": [{"type": "text", "text": body.to_string()}], "isError": false});
-                let reply = serde_json::json!({"jsonrpc": "2.0", "id": payload["id"], "result": result});
-                dev.tx.send(&ClientMessage::Mcp { session_id: None, payload: reply }).await.unwrap();
+                reply_mcp(&mut dev, &payload["id"], result).await;
             }
             Event::Json(ServerMessage::Tts { state: TtsState::SentenceStart, text }) => {
                 sentences.push(text.unwrap())
