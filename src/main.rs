@@ -12,7 +12,8 @@ use xiaozhi_gateway::server::{AppState, Server};
 #[derive(Parser)]
 #[command(name = "xiaozhi-gateway", version, about = "WebSocket voice gateway for xiaozhi ESP32 devices")]
 struct Cli {
-    /// TOML configuration file (environment variables override it).
+    /// Configuration file: our TOML, or the Go xiaozhi server's `config.yaml` as it is
+    /// (environment variables override it).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
                 }
             };
             xiaozhi_gateway::telemetry::init(settings.log_format);
+            settings.log_ignored_file_keys();
             let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async {
                     std::fs::create_dir_all(&settings.data_dir)?;
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
                 settings.listen = addr;
             }
             xiaozhi_gateway::telemetry::init(settings.log_format);
+            settings.log_ignored_file_keys();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

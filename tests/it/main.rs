@@ -7,6 +7,7 @@ mod binary_e2e;
 mod brain;
 mod brain_resilience;
 mod fake_openai;
+mod go_config;
 mod helpers;
 mod interop;
 mod ops;
