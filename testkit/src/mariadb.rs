@@ -27,13 +27,12 @@ fn server() -> &'static Server {
         std::thread::Builder::new()
             .name("testkit-mariadb".into())
             .spawn(move || {
-                let (dir, server, child) = start();
+                // The directory and the child live as long as this thread: the process.
+                let (_dir, server, _child) = start();
                 tx.send(server).expect("report the server");
                 loop {
                     std::thread::park();
                 }
-                #[allow(unreachable_code)]
-                drop((dir, child));
             })
             .expect("spawn the MariaDB thread");
         rx.recv().expect("MariaDB started")
