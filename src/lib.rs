@@ -13,6 +13,8 @@
 //! * [`pipeline`]: the conversation brain behind one [`pipeline::Pipeline`] interface; the
 //!   echo ("parrot") brain is the embedded default.
 //! * [`loadtest`]: `xiaozhi-gateway loadtest`, simulated talking and idle devices.
+//! * [`import`]: `xiaozhi-gateway import`, moving in from the Python server's MySQL and the Go
+//!   server's Redis.
 //! * [`client`]: a simulated device (tests and the load generator).
 //! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
 //! * [`uploads`]: clips to MinIO/S3 (or a local directory) by a durable background pool.
@@ -27,6 +29,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod devices;
+pub mod import;
 pub mod loadtest;
 pub mod ota;
 pub mod pipeline;

@@ -9,6 +9,7 @@ mod brain_resilience;
 mod fake_openai;
 mod go_config;
 mod helpers;
+mod import_mysql;
 mod interop;
 mod ops;
 mod ota_auth;
