@@ -1,0 +1,1 @@
+//! Turn-taking without a socket.
