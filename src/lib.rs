@@ -21,6 +21,10 @@
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
 
+// The database, object storage and upload pool are denied only where they must not be used
+// (`session`); see clippy.toml.
+#![allow(clippy::disallowed_types)]
+
 pub mod api;
 pub mod audio;
 pub mod auth;

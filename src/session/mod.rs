@@ -11,6 +11,8 @@
 //! them. Everything a device can send has a defined outcome: ignored with a log line, answered,
 //! or a close with a code.
 
+#![deny(clippy::disallowed_types)]
+
 pub(crate) mod downlink;
 mod end;
 mod handshake;
