@@ -94,8 +94,15 @@ fn the_go_servers_config_yaml_starts_the_gateway_on_postgres_and_s3() {
 
         // The turn is in the PostgreSQL database the YAML names, its clips in its bucket.
         let store = Store::connect_url(&db_url).await.unwrap();
+        let mut messages = Vec::new();
+        for _ in 0..100 {
+            messages = store.recent_messages(&device_id, 10).await.unwrap();
+            if messages.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let clips = wait_uploaded(&store, 2, Duration::from_secs(20)).await;
-        let messages = store.recent_messages(&device_id, 10).await.unwrap();
         assert_eq!(messages.iter().map(|m| m.role).collect::<Vec<_>>(), [Role::User, Role::Assistant]);
         assert_in_bucket(&clips, |k| s3.object_path(&bucket, k));
 
