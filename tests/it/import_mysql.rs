@@ -171,8 +171,29 @@ fn import(source: &str, target: &str, bucket: &str, report: &std::path::Path, ex
     run_within(gateway_command(&args, &env), Duration::from_secs(60))
 }
 
-fn line<'a>(out: &'a str, what: &str) -> &'a str {
+/// The closing report's line about `what` (messages, clips…).
+pub(crate) fn line<'a>(out: &'a str, what: &str) -> &'a str {
     out.lines().find(|l| l.trim_start().starts_with(what)).unwrap_or_else(|| panic!("no {what} line:\n{out}"))
+}
+
+/// A fresh target store URL of `kind` (SQLite under `dir`).
+pub(crate) async fn target_url(kind: DatabaseKind, dir: &std::path::Path) -> String {
+    match kind {
+        DatabaseKind::Sqlite => format!("sqlite://{}", dir.join("xiaozhi.db").display()),
+        DatabaseKind::Postgres => tokio::task::spawn_blocking(testkit::pg::database_url).await.unwrap(),
+    }
+}
+
+/// A dry run left the target as it was: no SQLite file, no schema in PostgreSQL.
+pub(crate) async fn assert_untouched(kind: DatabaseKind, dir: &std::path::Path, target: &str) {
+    match kind {
+        DatabaseKind::Sqlite => assert!(!dir.join("xiaozhi.db").exists(), "the dry run created the database"),
+        DatabaseKind::Postgres => {
+            let store = Store::connect_url(target).await.unwrap();
+            assert_eq!(store.applied_version().await.unwrap(), 0, "the dry run migrated the target");
+            store.close().await;
+        }
+    }
 }
 
 async fn mysql_into(kind: DatabaseKind) {
@@ -183,10 +204,7 @@ async fn mysql_into(kind: DatabaseKind) {
         tokio::task::spawn_blocking(move || testkit::mariadb::read_only_url(&rw)).await.unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
-    let target = match kind {
-        DatabaseKind::Sqlite => format!("sqlite://{}", dir.path().join("xiaozhi.db").display()),
-        DatabaseKind::Postgres => tokio::task::spawn_blocking(testkit::pg::database_url).await.unwrap(),
-    };
+    let target = target_url(kind, dir.path()).await;
     let s3 = testkit::s3::shared();
     let bucket = testkit::s3::fresh_bucket();
     let report = dir.path().join("report.txt");
@@ -196,16 +214,7 @@ async fn mysql_into(kind: DatabaseKind) {
     assert!(dry.stdout.contains("dry run"), "{}\n{}", dry.stdout, dry.stderr);
     assert!(line(&dry.stdout, "messages").contains("8 imported"), "{}", dry.stdout);
     assert!(dry.stdout.contains("sample: aa:bb:cc:00:00:01"), "{}", dry.stdout);
-    match kind {
-        DatabaseKind::Sqlite => {
-            assert!(!dir.path().join("xiaozhi.db").exists(), "the dry run created the database")
-        }
-        DatabaseKind::Postgres => {
-            let store = Store::connect_url(&target).await.unwrap();
-            assert_eq!(store.applied_version().await.unwrap(), 0, "the dry run migrated the target");
-            store.close().await;
-        }
-    }
+    assert_untouched(kind, dir.path(), &target).await;
 
     // The import, with the importer holding only SELECT rights on the source.
     let first = import(&ro, &target, &bucket, &report, &[]);
