@@ -2,7 +2,9 @@
 //!
 //! * [`mysql`]: the xinnan-tech Python server's manager database (history, clips, devices,
 //!   per-device prompts);
-//! * [`redis`]: the Go server's Redis memory (history and per-device prompts).
+//! * [`redis`]: the Go server's Redis memory (history and per-device prompts);
+//! * [`pg`]: the Go server's PostgreSQL branch (the starting design's own schema) and its
+//!   MinIO clips.
 //!
 //! This file is the part every source shares: the command line, deterministic ids (UUIDv5 of
 //! the source's keys, so a re-run or a resumed run adds nothing twice) and the [`Sink`] that
@@ -12,6 +14,7 @@
 //! Sources stream; the sink holds one batch at a time, so memory stays flat on any size.
 
 pub mod mysql;
+pub mod pg;
 pub mod redis;
 
 use std::collections::HashSet;
@@ -25,7 +28,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::store::model::{ClipRecord, DeviceSighting, StoreOp, TurnRecord};
+use crate::store::model::{ClipRecord, DeviceSighting, MessageRecord, SessionRecord, StoreOp, TurnRecord};
 use crate::store::{Pool, Store, StoreError, Ts};
 
 /// Runs the same statement text on whichever backend the target store has.
@@ -69,6 +72,8 @@ pub enum Source {
     Mysql(mysql::MysqlArgs),
     /// The Go server's Redis memory.
     Redis(redis::RedisArgs),
+    /// The Go server's PostgreSQL database (the starting design's schema) and MinIO clips.
+    Pg(pg::PgArgs),
 }
 
 /// What went wrong so badly that the import stops (a row that cannot be imported is
@@ -91,14 +96,17 @@ impl From<sqlx::Error> for ImportError {
 
 /// Runs an import into the store `settings` name; returns the closing report.
 pub async fn run(args: ImportArgs, settings: &Settings) -> Result<Summary, ImportError> {
+    crate::install_crypto_provider();
     let name = match &args.source {
         Source::Mysql(_) => "mysql",
         Source::Redis(_) => "redis",
+        Source::Pg(_) => "pg",
     };
     let mut sink = Sink::open(name, &args.common, settings).await?;
     let result = match &args.source {
         Source::Mysql(a) => mysql::import(a, &mut sink).await,
         Source::Redis(a) => redis::import(a, &mut sink).await,
+        Source::Pg(a) => pg::import(a, &mut sink).await,
     };
     let flushed = sink.flush().await;
     let summary = sink.finish(result.and(flushed).err());
@@ -153,6 +161,82 @@ pub(crate) fn wav_clip(
         data: bytes::Bytes::from(data),
         created_at: at,
     })
+}
+
+/// A conversation part is handed to the sink at this many messages…
+const PART_MESSAGES: usize = 200;
+/// …or this many clip bytes, so that a long conversation never sits in memory whole.
+const PART_BYTES: usize = 8 << 20;
+
+/// A conversation being assembled from streamed rows; handed to the sink in bounded parts.
+pub(crate) struct Part {
+    /// The source's grouping key (its session id, or a device for rows without one).
+    pub key: String,
+    pub session: SessionRecord,
+    /// When the source says the conversation ended (else: its last message).
+    pub ended_at: Option<DateTime<Utc>>,
+    messages: Vec<MessageRecord>,
+    clips: Vec<ClipRecord>,
+    bytes: usize,
+    next_seq: i32,
+    first_part: bool,
+    pub last_at: DateTime<Utc>,
+}
+
+impl Part {
+    pub(crate) fn new(key: String, session: SessionRecord) -> Self {
+        let at = session.started_at;
+        Part {
+            key,
+            session,
+            ended_at: None,
+            messages: Vec::new(),
+            clips: Vec::new(),
+            bytes: 0,
+            next_seq: 0,
+            first_part: true,
+            last_at: at,
+        }
+    }
+
+    /// Adds the next message (numbered in arrival order) and its clip; hands a full part on.
+    pub(crate) async fn push(
+        &mut self,
+        sink: &mut Sink,
+        mut message: MessageRecord,
+        clip: Option<ClipRecord>,
+    ) -> Result<(), ImportError> {
+        message.sequence_num = self.next_seq;
+        self.next_seq += 1;
+        self.last_at = message.created_at;
+        self.messages.push(message);
+        if let Some(c) = clip {
+            self.bytes += c.data.len();
+            self.clips.push(c);
+        }
+        if self.messages.len() >= PART_MESSAGES || self.bytes >= PART_BYTES {
+            let turn = self.turn();
+            let first = std::mem::replace(&mut self.first_part, false);
+            sink.conversation(turn, first, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the rest on and marks the conversation ended.
+    pub(crate) async fn close(mut self, sink: &mut Sink) -> Result<(), ImportError> {
+        let turn = self.turn();
+        sink.conversation(turn, self.first_part, Some(self.ended_at.unwrap_or(self.last_at))).await
+    }
+
+    fn turn(&mut self) -> TurnRecord {
+        self.bytes = 0;
+        TurnRecord {
+            session: self.session.clone(),
+            device_id: self.session.device_id.clone(),
+            messages: std::mem::take(&mut self.messages),
+            clips: std::mem::take(&mut self.clips),
+        }
+    }
 }
 
 /// Counts of one kind of thing.

@@ -21,8 +21,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{MySqlPool, Row};
 use std::str::FromStr;
 
-use super::{ImportError, Sink, device_id, stable_id, wav_clip};
-use crate::store::model::{ClipRecord, DeviceSighting, MessageRecord, Role, SessionRecord, TurnRecord};
+use super::{ImportError, Part, Sink, device_id, stable_id, wav_clip};
+use crate::store::model::{DeviceSighting, MessageRecord, Role, SessionRecord};
 
 /// `import mysql`.
 #[derive(Debug, clap::Args)]
@@ -36,10 +36,6 @@ pub struct MysqlArgs {
 }
 
 const SOURCE: &str = "mysql";
-/// A conversation is handed to the sink in parts of at most this many messages…
-const PART_MESSAGES: usize = 200;
-/// …or this many clip bytes.
-const PART_BYTES: usize = 8 << 20;
 
 const HISTORY: &str = "SELECT h.id, h.mac_address, h.agent_id, h.session_id, h.chat_type, h.content, h.audio_id, \
      h.created_at, a.audio FROM ai_agent_chat_history h LEFT JOIN ai_agent_chat_audio a ON a.id = h.audio_id \
@@ -111,30 +107,6 @@ async fn devices(pool: &MySqlPool, sink: &mut Sink, tz: FixedOffset) -> Result<(
     Ok(())
 }
 
-/// One conversation being assembled.
-struct Part {
-    key: String,
-    session: SessionRecord,
-    messages: Vec<MessageRecord>,
-    clips: Vec<ClipRecord>,
-    bytes: usize,
-    next_seq: i32,
-    first_part: bool,
-    last_at: DateTime<Utc>,
-}
-
-impl Part {
-    fn turn(&mut self) -> TurnRecord {
-        self.bytes = 0;
-        TurnRecord {
-            session: self.session.clone(),
-            device_id: self.session.device_id.clone(),
-            messages: std::mem::take(&mut self.messages),
-            clips: std::mem::take(&mut self.clips),
-        }
-    }
-}
-
 async fn history(pool: &MySqlPool, sink: &mut Sink, tz: FixedOffset) -> Result<(), ImportError> {
     let mut rows = sqlx::query(HISTORY).fetch(pool);
     let mut part: Option<Part> = None;
@@ -160,45 +132,30 @@ async fn history(pool: &MySqlPool, sink: &mut Sink, tz: FixedOffset) -> Result<(
             Some(s) => format!("session/{s}"),
             None => format!("device/{}", row.device_id),
         };
-        if part.as_ref().is_some_and(|p| p.key != key) {
-            let mut done = part.take().expect("checked");
-            let turn = done.turn();
-            sink.conversation(turn, done.first_part, Some(done.last_at)).await?;
+        if let Some(done) = part.take_if(|p| p.key != key) {
+            done.close(sink).await?;
         }
         let p = part.get_or_insert_with(|| {
-            let session_id = stable_id(SOURCE, "conversation", &key);
-            Part {
-                key: key.clone(),
-                session: SessionRecord {
-                    session_id,
-                    device_id: row.device_id.clone(),
-                    agent_id: row.agent_id.clone(),
-                    started_at: row.at,
-                    metadata: serde_json::json!({
-                        "imported_from": "xiaozhi-esp32-server (MySQL)",
-                        "source_session_id": row.session_id,
-                    }),
-                },
-                messages: Vec::new(),
-                clips: Vec::new(),
-                bytes: 0,
-                next_seq: 0,
-                first_part: true,
-                last_at: row.at,
-            }
+            let session = SessionRecord {
+                session_id: stable_id(SOURCE, "conversation", &key),
+                device_id: row.device_id.clone(),
+                agent_id: row.agent_id.clone(),
+                started_at: row.at,
+                metadata: serde_json::json!({
+                    "imported_from": "xiaozhi-esp32-server (MySQL)",
+                    "source_session_id": row.session_id,
+                }),
+            };
+            Part::new(key.clone(), session)
         });
         let message_id = stable_id(SOURCE, "message", &id.to_string());
-        let mut audio_file_id = None;
+        let mut clip = None;
         if let Some(audio) = row.audio {
             let file_id =
                 stable_id(SOURCE, "audio", &format!("{}/{id}", row.audio_id.as_deref().unwrap_or("")));
             let (session_id, device) = (p.session.session_id, p.session.device_id.clone());
             match wav_clip(file_id, message_id, session_id, &device, &sink.bucket, row.at, audio) {
-                Ok(clip) => {
-                    p.bytes += clip.data.len();
-                    p.clips.push(clip);
-                    audio_file_id = Some(file_id);
-                }
+                Ok(c) => clip = Some(c),
                 Err(reason) => sink.reject_clip(
                     &format!("ai_agent_chat_audio id={} (of {what})", row.audio_id.as_deref().unwrap_or("")),
                     &format!("{reason}; the message is imported without it"),
@@ -215,29 +172,22 @@ async fn history(pool: &MySqlPool, sink: &mut Sink, tz: FixedOffset) -> Result<(
                 list.push(serde_json::Value::String(speaker.clone()));
             }
         }
-        p.messages.push(MessageRecord {
+        let message = MessageRecord {
             message_id,
-            sequence_num: p.next_seq,
+            sequence_num: 0,
             role: row.role,
             content: row.content,
             multi_content: None,
             tool_calls: None,
             tool_call_id: None,
-            audio_file_id,
+            audio_file_id: clip.as_ref().map(|c| c.file_id),
             interrupted: false,
             created_at: row.at,
-        });
-        p.next_seq += 1;
-        p.last_at = row.at;
-        if p.messages.len() >= PART_MESSAGES || p.bytes >= PART_BYTES {
-            let turn = p.turn();
-            let first = std::mem::replace(&mut p.first_part, false);
-            sink.conversation(turn, first, None).await?;
-        }
+        };
+        p.push(sink, message, clip).await?;
     }
-    if let Some(mut done) = part {
-        let turn = done.turn();
-        sink.conversation(turn, done.first_part, Some(done.last_at)).await?;
+    if let Some(done) = part {
+        done.close(sink).await?;
     }
     Ok(())
 }

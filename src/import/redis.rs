@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 
-use super::{ImportError, Sink, device_id, sha256_hex, stable_id};
-use crate::store::model::{MessageRecord, Role, SessionRecord, TurnRecord};
+use super::{ImportError, Part, Sink, device_id, sha256_hex, stable_id};
+use crate::store::model::{MessageRecord, Role, SessionRecord};
 
 /// `import redis`.
 #[derive(Debug, clap::Args)]
@@ -33,7 +33,6 @@ pub struct RedisArgs {
 
 const SOURCE: &str = "redis";
 const PAGE: isize = 500;
-const PART_MESSAGES: usize = 200;
 
 fn source_err(e: redis::RedisError) -> ImportError {
     ImportError::Source(format!("redis: {e}"))
@@ -109,15 +108,6 @@ struct Member {
     multi_content: Option<serde_json::Value>,
 }
 
-/// The conversation being assembled.
-struct Part {
-    session: SessionRecord,
-    messages: Vec<MessageRecord>,
-    first_part: bool,
-    next_seq: i32,
-    last_at: DateTime<Utc>,
-}
-
 async fn history(
     con: &mut MultiplexedConnection,
     sink: &mut Sink,
@@ -145,77 +135,54 @@ async fn history(
             .map_err(source_err)?;
         let n = page.len();
         for (member, score) in page {
-            let what = format!("key {key} score {score}");
             let (m, at) = match parse(&member, &score) {
                 Ok(v) => v,
                 Err(reason) => {
-                    sink.reject_message(&what, &reason);
+                    sink.reject_message(&format!("key {key} score {score}"), &reason);
                     continue;
                 }
             };
-            if let Some(p) = part.take_if(|p| at - p.last_at > gap) {
-                close(sink, p, true).await?;
+            if let Some(done) = part.take_if(|p| at - p.last_at > gap) {
+                done.close(sink).await?;
             }
-            let p = part.get_or_insert_with(|| Part {
-                session: SessionRecord {
-                    session_id: stable_id(SOURCE, "conversation", &format!("{device}/{score}")),
+            let p = part.get_or_insert_with(|| {
+                let session_key = format!("{device}/{score}");
+                let session = SessionRecord {
+                    session_id: stable_id(SOURCE, "conversation", &session_key),
                     device_id: device.clone(),
                     agent_id: None,
                     started_at: at,
                     metadata: serde_json::json!({ "imported_from": "xiaozhi-esp32-server-golang (Redis)" }),
-                },
-                messages: Vec::new(),
-                first_part: true,
-                next_seq: 0,
-                last_at: at,
+                };
+                Part::new(session_key, session)
             });
-            let message_id =
-                stable_id(SOURCE, "message", &format!("{device}/{score}/{}", &sha256_hex(&member)[..32]));
-            let tool_calls = m.tool_calls.filter(|t| t.as_array().is_some_and(|a| !a.is_empty()));
-            p.messages.push(MessageRecord {
-                message_id,
-                sequence_num: p.next_seq,
+            let message = MessageRecord {
+                message_id: stable_id(
+                    SOURCE,
+                    "message",
+                    &format!("{device}/{score}/{}", &sha256_hex(&member)[..32]),
+                ),
+                sequence_num: 0,
                 role: Role::parse(&m.role).unwrap_or(Role::User),
                 content: m.content.unwrap_or_default(),
                 multi_content: m.multi_content.filter(|v| !v.is_null()),
-                tool_calls,
+                tool_calls: m.tool_calls.filter(|t| t.as_array().is_some_and(|a| !a.is_empty())),
                 tool_call_id: m.tool_call_id.filter(|t| !t.is_empty()),
                 audio_file_id: None,
                 interrupted: false,
                 created_at: at,
-            });
-            p.next_seq += 1;
-            p.last_at = at;
-            if p.messages.len() >= PART_MESSAGES {
-                let turn = TurnRecord {
-                    session: p.session.clone(),
-                    device_id: device.clone(),
-                    messages: std::mem::take(&mut p.messages),
-                    clips: Vec::new(),
-                };
-                let first = std::mem::replace(&mut p.first_part, false);
-                sink.conversation(turn, first, None).await?;
-            }
+            };
+            p.push(sink, message, None).await?;
         }
         if n < PAGE as usize {
             break;
         }
         start += PAGE;
     }
-    if let Some(p) = part {
-        close(sink, p, true).await?;
+    if let Some(done) = part {
+        done.close(sink).await?;
     }
     Ok(())
-}
-
-async fn close(sink: &mut Sink, mut p: Part, last: bool) -> Result<(), ImportError> {
-    let turn = TurnRecord {
-        session: p.session.clone(),
-        device_id: p.session.device_id.clone(),
-        messages: std::mem::take(&mut p.messages),
-        clips: Vec::new(),
-    };
-    sink.conversation(turn, p.first_part, last.then_some(p.last_at)).await
 }
 
 /// A member and its time, or why it cannot be imported.

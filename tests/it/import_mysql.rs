@@ -184,6 +184,29 @@ pub(crate) async fn target_url(kind: DatabaseKind, dir: &std::path::Path) -> Str
     }
 }
 
+/// A second run's report: nothing imported, everything already present.
+pub(crate) fn assert_nothing_added(out: &str, present: &[(&str, u64)]) {
+    for (what, n) in present {
+        let l = line(out, what);
+        assert!(l.contains(" 0 imported") && l.contains(&format!(" {n} already present")), "{what}: {out}");
+    }
+}
+
+/// A gateway on the target store and bucket: its upload pool puts the staged clips there.
+pub(crate) async fn gateway_on(kind: DatabaseKind, target: &str, bucket: &str) -> TestApp {
+    let s3 = testkit::s3::shared();
+    let (target, bucket, endpoint) = (target.to_owned(), bucket.to_owned(), s3.endpoint.clone());
+    spawn_app_with(move |s| {
+        s.database.kind = kind;
+        s.database.url = Some(target);
+        s.storage.endpoint = Some(endpoint);
+        s.storage.access_key = testkit::s3::ACCESS_KEY.into();
+        s.storage.secret_key = testkit::s3::SECRET_KEY.into();
+        s.storage.bucket = bucket;
+    })
+    .await
+}
+
 /// A dry run left the target as it was: no SQLite file, no schema in PostgreSQL.
 pub(crate) async fn assert_untouched(kind: DatabaseKind, dir: &std::path::Path, target: &str) {
     match kind {
@@ -288,18 +311,7 @@ async fn mysql_into(kind: DatabaseKind) {
     assert_eq!(store.system_prompt(&dev1).await.unwrap().as_deref(), Some("我是小美，你的好朋友 🐼。"));
     assert_eq!(store.system_prompt(MAC2).await.unwrap().as_deref(), Some("你好，我是小智。"));
 
-    let app = spawn_app_with({
-        let (target, bucket, endpoint) = (target.clone(), bucket.clone(), s3.endpoint.clone());
-        move |s| {
-            s.database.kind = kind;
-            s.database.url = Some(target);
-            s.storage.endpoint = Some(endpoint);
-            s.storage.access_key = testkit::s3::ACCESS_KEY.into();
-            s.storage.secret_key = testkit::s3::SECRET_KEY.into();
-            s.storage.bucket = bucket;
-        }
-    })
-    .await;
+    let app = gateway_on(kind, &target, &bucket).await;
     let uploaded = wait_uploaded(&store, 2, Duration::from_secs(20)).await;
     for (m, blob) in [(&messages[0], &a1), (&messages[1], &a2)] {
         let clip = uploaded.iter().find(|c| c.message_id == m.message_id).unwrap();
@@ -316,14 +328,7 @@ async fn mysql_into(kind: DatabaseKind) {
 
     // A second run adds nothing.
     let again = import(&ro, &target, &bucket, &report, &[]);
-    let out = &again.stdout;
-    assert!(
-        line(out, "messages").contains(" 0 imported") && line(out, "messages").contains("8 already present"),
-        "{out}"
-    );
-    assert!(line(out, "clips").contains("2 already present"), "{out}");
-    assert!(line(out, "devices").contains("2 already present"), "{out}");
-    assert!(line(out, "prompts").contains("2 already present"), "{out}");
+    assert_nothing_added(&again.stdout, &[("messages", 8), ("clips", 2), ("devices", 2), ("prompts", 2)]);
     assert_eq!(store.count_rows(Table::Messages, None).await.unwrap(), 8);
     assert_eq!(store.count_rows(Table::Clips, None).await.unwrap(), 2);
     store.close().await;

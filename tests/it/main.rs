@@ -11,6 +11,7 @@ mod fake_openai;
 mod go_config;
 mod helpers;
 mod import_mysql;
+mod import_pg;
 mod import_redis;
 mod interop;
 mod ops;
