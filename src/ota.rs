@@ -23,7 +23,7 @@ use crate::store::writer::StoreWriter;
 
 /// What the OTA endpoints use of the gateway.
 #[derive(Clone)]
-pub struct OtaState {
+pub(crate) struct OtaState {
     pub settings: Arc<Settings>,
     pub auth: Arc<Authenticator>,
     pub devices: Arc<DeviceRegistry>,
@@ -34,10 +34,10 @@ pub struct OtaState {
 }
 
 /// The WebSocket path the OTA endpoint points devices at.
-pub const WS_PATH: &str = "/xiaozhi/v1/";
+pub(crate) const WS_PATH: &str = "/xiaozhi/v1/";
 
 /// `POST /xiaozhi/ota/`: accepts any body (firmware, SDK, py-xiaozhi, browser pages).
-pub async fn check_version(
+pub(crate) async fn check_version(
     State(app): State<OtaState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -106,7 +106,7 @@ pub async fn check_version(
 }
 
 /// `POST /xiaozhi/ota/activate`: 200 once the device is activated, 202 while it waits.
-pub async fn activate(
+pub(crate) async fn activate(
     State(app): State<OtaState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,

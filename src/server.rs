@@ -37,7 +37,7 @@ use crate::uploads::storage::ClipStorage;
 use crate::vision::{self, VisionState};
 
 /// What the routes share: the parts [`crate::startup`] assembled. Each handler takes only its
-/// own slice of it ([`OtaState`], [`ApiState`], [`VisionState`], [`SessionContext`]).
+/// own slice of it (`OtaState`, `ApiState`, `VisionState`, [`SessionContext`]).
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth: Arc<Authenticator>,

@@ -49,9 +49,9 @@ use crate::store::model::Role;
 use crate::telemetry::metrics::{Metrics, Stage};
 
 /// Rounds of tool calls before the model must answer.
-pub const MAX_TOOL_ROUNDS: usize = 3;
+pub(crate) const MAX_TOOL_ROUNDS: usize = 3;
 /// Sentences synthesized ahead of the one being spoken.
-pub const LOOKAHEAD: usize = 2;
+pub(crate) const LOOKAHEAD: usize = 2;
 /// The pause before a provider's second try.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 const TOOL_TIME: &str = "get_current_time";
@@ -62,7 +62,7 @@ const APOLOGY: &str = "Sorry, I could not answer that. Please try again.";
 
 /// How the brain is set up.
 #[derive(Debug, Clone)]
-pub struct BrainConfig {
+pub(crate) struct BrainConfig {
     /// Speech recognizers, in order of preference (at least one).
     pub asr: Vec<ProviderConfig>,
     /// Chat models, in order of preference (at least one).
@@ -106,7 +106,7 @@ impl Voice {
 }
 
 /// The ASR → LLM → TTS pipeline.
-pub struct Brain {
+pub(crate) struct Brain {
     asr: Vec<Asr>,
     llm: Vec<Llm>,
     voice: Arc<Voice>,
@@ -270,7 +270,11 @@ fn leading_emotion(text: &str) -> Option<(&'static str, &str)> {
 }
 
 impl Brain {
-    pub fn new(config: BrainConfig, store: Store, metrics: Arc<Metrics>) -> Result<Self, ProviderError> {
+    pub(crate) fn new(
+        config: BrainConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProviderError> {
         if config.asr.is_empty() || config.llm.is_empty() {
             return Err(ProviderError::Invalid("the brain needs an ASR and an LLM provider".into()));
         }

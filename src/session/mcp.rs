@@ -35,7 +35,7 @@ pub(crate) struct McpClient {
 }
 
 impl McpClient {
-    pub fn new(tx: mpsc::Sender<Downlink>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<Downlink>) -> Self {
         Self {
             tx,
             next_id: AtomicI64::new(1),
@@ -46,7 +46,7 @@ impl McpClient {
     }
 
     /// Keeps an image the device uploaded (the vision endpoint calls this).
-    pub fn attach_image(&self, image: VisionImage) {
+    pub(crate) fn attach_image(&self, image: VisionImage) {
         let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
         // A device uploads one photo per call; a runaway one does not grow memory for ever.
         if images.len() < MAX_IMAGES {
@@ -57,7 +57,7 @@ impl McpClient {
     }
 
     /// Hands a response from the device to whoever waits for it.
-    pub fn on_response(&self, response: Response) {
+    pub(crate) fn on_response(&self, response: Response) {
         let waiter = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.id);
         match waiter {
             Some(w) => {
@@ -90,7 +90,7 @@ impl McpClient {
     }
 
     /// `initialize`, then `tools/list` until no `nextCursor` (bounded). Returns the tool count.
-    pub async fn discover(&self, vision: Option<(&str, &str)>) -> Result<usize, ToolError> {
+    pub(crate) async fn discover(&self, vision: Option<(&str, &str)>) -> Result<usize, ToolError> {
         let init = Request::initialize(0, vision).params.unwrap_or_default();
         self.request("initialize", init, Duration::from_secs(10)).await?;
         let mut tools = Vec::new();

@@ -1,7 +1,7 @@
 //! One device connection. [`run`] takes the upgraded socket through the handshake
-//! ([`handshake`]), then the turn-taking state machine ([`machine`]) reads it while a writer task
-//! ([`downlink`]) owns the socket's sink and paces reply audio. Each reply runs as its own task
-//! ([`reply`]) so the reader keeps listening (for `abort`, barge-in and the next turn) while the
+//! (`handshake`), then the turn-taking state machine (`machine`) reads it while a writer task
+//! (`downlink`) owns the socket's sink and paces reply audio. Each reply runs as its own task
+//! (`reply`) so the reader keeps listening (for `abort`, barge-in and the next turn) while the
 //! device is spoken to.
 //!
 //! A session sees the rest of the gateway only through [`SessionContext`], which it defines

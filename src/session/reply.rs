@@ -29,12 +29,12 @@ pub(super) struct ActiveReply {
 
 impl ActiveReply {
     /// Whether the reply has played to its end and its `tts stop` is on the way.
-    pub fn completed(&self) -> bool {
+    pub(super) fn completed(&self) -> bool {
         self.progress.completed.load(Ordering::Acquire)
     }
 
     /// Whether the brain asked to end the conversation after this reply.
-    pub fn ends_conversation(&self) -> bool {
+    pub(super) fn ends_conversation(&self) -> bool {
         self.progress.end_conversation.load(Ordering::Relaxed)
     }
 }

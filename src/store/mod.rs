@@ -2,11 +2,11 @@
 //! one [`Store`] and tested by one conformance suite.
 //!
 //! * [`model`]: the records a session hands over and the rows queries return.
-//! * [`writes`]: one transaction per batch of turns (idempotent: gateway-generated ids).
+//! * `writes`: one transaction per batch of turns (idempotent: gateway-generated ids).
 //! * [`queries`]: history (the assistant's memory) and the admin listings.
-//! * [`outbox`]: the durable upload queue for clips and the deletion queue for objects.
+//! * `outbox`: the durable upload queue for clips and the deletion queue for objects.
 //! * [`writer`]: the background writer sessions hand records to over a bounded queue.
-//! * [`retention`]: the scheduled deletion of expired conversations.
+//! * `retention`: the scheduled deletion of expired conversations.
 //!
 //! Both backends run the same SQL text (written with `$N` placeholders, rewritten to `?N` for
 //! SQLite) and bind the same Rust types; only the DDL in `migrations/` differs. Timestamps go
@@ -14,11 +14,11 @@
 //! Nothing here may be awaited by a session's audio loop.
 
 pub mod model;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod queries;
-pub mod retention;
+pub(crate) mod retention;
 pub mod writer;
-pub mod writes;
+pub(crate) mod writes;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
