@@ -68,7 +68,7 @@ pub(crate) async fn check_version(
 
     let settings = &app.settings;
     let token = app.auth.issue(&device_id, client_id.as_deref().unwrap_or("")).unwrap_or_default();
-    let url = settings.public_url.clone().unwrap_or_else(|| derived_ws_url(&headers));
+    let url = ws_url(settings.public_url.as_deref(), &headers);
     let firmware = match (&settings.ota.firmware_version, &settings.ota.firmware_url) {
         (Some(version), Some(url)) => Some(Firmware { version: version.clone(), url: url.clone() }),
         _ => None,
@@ -126,8 +126,14 @@ pub(crate) async fn activate(
     }
 }
 
+/// The WebSocket URL devices are given: the public URL when one is configured, else derived
+/// from the request.
+pub(crate) fn ws_url(public_url: Option<&str>, headers: &HeaderMap) -> String {
+    public_url.map_or_else(|| derived_ws_url(headers), str::to_owned)
+}
+
 /// `ws://host/xiaozhi/v1/` from the request's Host (and `X-Forwarded-Proto` behind a proxy).
-pub(crate) fn derived_ws_url(headers: &HeaderMap) -> String {
+fn derived_ws_url(headers: &HeaderMap) -> String {
     let host = headers
         .get("x-forwarded-host")
         .or_else(|| headers.get(header::HOST))

@@ -233,7 +233,7 @@ async fn upgrade(
         vision_url: app
             .vision
             .is_some()
-            .then(|| vision::endpoint_url(app.settings.public_url.as_deref(), &headers)),
+            .then(|| vision::endpoint_url(&ota::ws_url(app.settings.public_url.as_deref(), &headers))),
     };
     // Small I/O buffers: an idle session should cost a few KiB, not tungstenite's 128 KiB
     // default read buffer. Messages larger than the buffer still assemble (up to `max`).

@@ -47,11 +47,10 @@ pub(crate) struct VisionState {
     pub max_bytes: usize,
 }
 
-/// The upload URL handed to a device: the public URL's host when one is configured, else the
-/// host the device itself connected to.
-pub(crate) fn endpoint_url(public_ws_url: Option<&str>, headers: &HeaderMap) -> String {
-    let ws = public_ws_url.map_or_else(|| crate::ota::derived_ws_url(headers), str::to_owned);
-    let (scheme, rest) = ws.split_once("://").unwrap_or(("ws", ws.as_str()));
+/// The upload URL handed to a device: on the host (and with the security) of the WebSocket URL
+/// the device was given.
+pub(crate) fn endpoint_url(ws: &str) -> String {
+    let (scheme, rest) = ws.split_once("://").unwrap_or(("ws", ws));
     let authority = rest.split('/').next().unwrap_or(rest);
     let scheme = if scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https") {
         "https"
