@@ -18,6 +18,7 @@ mod end;
 mod handshake;
 mod machine;
 pub(crate) mod mcp;
+mod open;
 pub(crate) mod record;
 pub mod registry;
 mod reply;
@@ -131,7 +132,7 @@ where
         let _connection = GaugeGuard::new(&conn.ctx.metrics.connections);
         let mut stream = stream;
         let Some((hello, sink)) = handshake::greet(&mut stream, sink, &conn).await else { return };
-        machine::serve(stream, sink, conn, hello).await
+        open::serve(stream, sink, conn, hello).await
     }
     .instrument(span)
     .await
