@@ -8,9 +8,11 @@
 
 pub(crate) mod brain;
 pub mod echo;
+mod emotion;
 pub(crate) mod local_tts;
 pub mod providers;
 pub(crate) mod sentences;
+mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
