@@ -40,10 +40,12 @@ settings_table! {
     "XIAOZHI_READY_MAX_UPLOAD_BACKLOG" => "ops.ready_max_upload_backlog", "5000", "/readyz reports 503 when more clips than this wait for upload.";
     "XIAOZHI_AUTH_TOKENS" => "auth.tokens", "", "Comma-separated static access tokens. Authentication is on when this or auth.secret is set.";
     "XIAOZHI_AUTH_SECRET" => "auth.secret", "", "Secret for HMAC-signed tokens that the OTA endpoint issues, bound to device id and client id.";
+    "XIAOZHI_AUTH_OTA_TOKEN" => "auth.ota_token", "", "A static token the OTA endpoint hands to every device (accepted like auth.tokens). Firmware 1.6.1 and later takes its token only from OTA: with static tokens and no auth.secret, set this or devices are refused.";
     "XIAOZHI_AUTH_TOKEN_TTL_SECS" => "auth.token_ttl_secs", "2592000", "Lifetime of OTA-issued tokens (30 days).";
     "XIAOZHI_AUTH_ALLOWED_DEVICES" => "auth.allowed_devices", "", "Comma-separated device ids (MACs) admitted without a token.";
     "XIAOZHI_HELLO_TIMEOUT_MS" => "session.hello_timeout_ms", "10000", "How long a new connection may take to send its hello before it is closed.";
     "XIAOZHI_IDLE_TIMEOUT_SECS" => "session.idle_timeout_secs", "120", "A session without user speech for this long is closed cleanly.";
+    "XIAOZHI_TCP_KEEPALIVE_SECS" => "session.tcp_keepalive_secs", "60", "TCP keepalive on every connection: a peer that vanished without closing is found within about this many seconds (0: off). The gateway sends no WebSocket pings (some firmware drops connections that get them).";
     "XIAOZHI_MAX_CONNECTIONS" => "session.max_connections", "10000", "Most concurrent device sessions; further upgrades get HTTP 503.";
     "XIAOZHI_MAX_MESSAGE_BYTES" => "session.max_message_bytes", "65536", "Largest WebSocket message (text or binary) accepted from a device; larger closes with 1009.";
     "XIAOZHI_MAX_UTTERANCE_SECS" => "session.max_utterance_secs", "30", "Longest user utterance kept; audio beyond it ends the turn.";
@@ -120,6 +122,9 @@ pub struct AuthSettings {
     /// HMAC key for tokens issued by the OTA endpoint.
     #[serde(deserialize_with = "opt_string")]
     pub secret: Option<String>,
+    /// A static token the OTA endpoint hands to every device (when there is no secret).
+    #[serde(deserialize_with = "opt_string")]
+    pub ota_token: Option<String>,
     /// Lifetime of issued tokens in seconds.
     pub token_ttl_secs: u64,
     /// Devices admitted without a token.
@@ -130,7 +135,17 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Authentication is on as soon as any credential is configured.
     pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty() || self.secret.is_some()
+        !self.tokens.is_empty() || self.secret.is_some() || self.ota_token.is_some()
+    }
+
+    /// Why devices that take their token from OTA (firmware 1.6.1 and later) would all be
+    /// refused with these settings, if they would.
+    pub fn lockout(&self) -> Option<&'static str> {
+        (self.enabled() && self.secret.is_none() && self.ota_token.is_none()).then_some(
+            "static tokens without XIAOZHI_AUTH_SECRET or XIAOZHI_AUTH_OTA_TOKEN: the OTA answer carries an \
+             empty token, and firmware 1.6.1 and later (which takes its token only from OTA) is refused with 401; \
+             set XIAOZHI_AUTH_SECRET for per-device tokens or XIAOZHI_AUTH_OTA_TOKEN to hand out a static one",
+        )
     }
 }
 
@@ -140,6 +155,8 @@ impl AuthSettings {
 pub struct SessionSettings {
     pub hello_timeout_ms: u64,
     pub idle_timeout_secs: u64,
+    /// TCP keepalive detection time (0: off).
+    pub tcp_keepalive_secs: u64,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub max_utterance_secs: u64,
@@ -156,6 +173,7 @@ impl Default for SessionSettings {
         Self {
             hello_timeout_ms: 10_000,
             idle_timeout_secs: 120,
+            tcp_keepalive_secs: 60,
             max_connections: 10_000,
             max_message_bytes: 64 * 1024,
             max_utterance_secs: 30,
@@ -172,6 +190,18 @@ impl SessionSettings {
     pub fn hello_timeout(&self) -> Duration {
         Duration::from_millis(self.hello_timeout_ms)
     }
+    /// TCP keepalive that finds a vanished peer within the detection time: quiet for half of
+    /// it, then three probes over the other half. `None` when off.
+    pub fn tcp_keepalive(&self) -> Option<(Duration, Duration, u32)> {
+        const PROBES: u32 = 3;
+        let total = self.tcp_keepalive_secs;
+        (total > 0).then(|| {
+            let idle = (total / 2).max(1);
+            let interval = ((total - idle) / u64::from(PROBES)).max(1);
+            (Duration::from_secs(idle), Duration::from_secs(interval), PROBES)
+        })
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }

@@ -177,6 +177,9 @@ async fn assemble_state(
         Duration::from_secs(3600),
         shutdown.clone(),
     ));
+    if let Some(why) = settings.auth.lockout() {
+        warn!("authentication locks firmware out: {why}");
+    }
     let auth = Arc::new(Authenticator::new(&settings.auth));
     let devices = Arc::new(DeviceRegistry::default());
     let sessions = Arc::new(SessionRegistry::default());

@@ -8,6 +8,7 @@ mod binary_e2e;
 mod brain;
 mod brain_resilience;
 mod fake_openai;
+mod fidelity;
 mod helpers;
 mod interop;
 mod ops;
