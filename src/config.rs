@@ -11,6 +11,19 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod go_yaml;
+
+/// What `DB_TYPE=mysql` (or `database.type: mysql`) is answered with.
+pub const MYSQL_HINT: &str = "MySQL is not a live backend; import it with `xiaozhi-gateway import mysql` and run on PostgreSQL or SQLite";
+
+/// Environment names another part of the starting design uses, read as aliases of ours (ours
+/// win when both are set).
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("MINIO_ACCESS_KEY_ID", "storage.access_key"),
+    ("MINIO_SECRET_ACCESS_KEY", "storage.secret_key"),
+    ("MINIO_BUCKET_NAME", "storage.bucket"),
+];
+
 /// One documented setting: its environment name, its key in the config file, its default
 /// and what it means.
 pub struct SettingDoc {
@@ -77,7 +90,7 @@ settings_table! {
     "XIAOZHI_SYSTEM_PROMPT" => "brain.system_prompt", "You are a friendly voice assistant on a small speaker. Answer briefly, in the user's language, in plain sentences without lists or markup.", "System prompt for devices without their own (set per device through the admin API).";
     "XIAOZHI_MEMORY_MESSAGES" => "brain.memory_messages", "10", "How many of the device's earlier messages go with each request.";
     "XIAOZHI_PROVIDER_TIMEOUT_SECS" => "brain.provider_timeout_secs", "30", "Per-request timeout of each provider (first byte and gaps in streams).";
-    "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres.";
+    "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres. (mysql is not a live backend: import it with `xiaozhi-gateway import mysql`.)";
     "DATABASE_URL" => "database.url", "", "A whole database URL; overrides the DB_* parts.";
     "DB_HOST" => "database.host", "localhost", "PostgreSQL host.";
     "DB_PORT" => "database.port", "5432", "PostgreSQL port.";
@@ -91,10 +104,10 @@ settings_table! {
     "XIAOZHI_STORE_QUEUE_MB" => "database.queue_mb", "64", "Memory budget of that queue (clip audio mostly), in MiB.";
     "XIAOZHI_MESSAGE_RETENTION_DAYS" => "database.message_retention_days", "0", "Delete messages and clips older than this many days (0: keep forever).";
     "MINIO_ENDPOINT" => "storage.endpoint", "", "MinIO/S3 endpoint (host:port). Empty: clips go to a directory under the data dir.";
-    "MINIO_ACCESS_KEY" => "storage.access_key", "", "S3 access key.";
-    "MINIO_SECRET_KEY" => "storage.secret_key", "", "S3 secret key.";
+    "MINIO_ACCESS_KEY" => "storage.access_key", "", "S3 access key (alias: MINIO_ACCESS_KEY_ID).";
+    "MINIO_SECRET_KEY" => "storage.secret_key", "", "S3 secret key (alias: MINIO_SECRET_ACCESS_KEY).";
     "MINIO_USE_SSL" => "storage.use_ssl", "false", "Use https for the S3 endpoint.";
-    "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing).";
+    "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing; alias: MINIO_BUCKET_NAME).";
     "MINIO_REGION" => "storage.region", "us-east-1", "S3 region.";
     "XIAOZHI_CLIP_FORMAT" => "storage.clip_format", "ogg", "Clip files: ogg (the packets as sent, no transcoding) or wav (decoded 16-bit PCM).";
     "XIAOZHI_UPLOAD_WORKERS" => "storage.upload_workers", "4", "Upload workers per gateway process.";
@@ -249,6 +262,7 @@ pub enum DatabaseKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DatabaseSettings {
+    #[serde(deserialize_with = "database_kind")]
     pub kind: DatabaseKind,
     #[serde(deserialize_with = "opt_string")]
     pub url: Option<String>,
@@ -358,6 +372,9 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub ops: OpsSettings,
     pub brain: BrainSettings,
+    /// Keys of a Go server `config.yaml` this gateway does not use (logged once at start-up).
+    #[serde(skip)]
+    pub ignored_file_keys: Vec<String>,
 }
 
 /// The conversation brain's providers.
@@ -461,6 +478,7 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             ops: OpsSettings::default(),
             brain: BrainSettings::default(),
+            ignored_file_keys: Vec::new(),
         }
     }
 }
@@ -485,12 +503,28 @@ impl Settings {
     /// As [`Settings::load`], with an explicit environment source (for tests).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let mut ignored = Vec::new();
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::MissingFile(path.to_owned()));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            if is_yaml(path) {
+                let go = go_yaml::read(path)?;
+                for (key, value) in go.values {
+                    figment = figment.merge(Serialized::default(key, value));
+                }
+                ignored = go.ignored;
+            } else {
+                figment = figment.merge(Toml::file_exact(path));
+            }
         }
+        // The starting design's other names: below ours, so ours win when both are set.
+        let aliases = env.clone().filter_map(|name| {
+            let (alias, key) = ENV_ALIASES.iter().find(|(a, _)| name.as_str().eq_ignore_ascii_case(a))?;
+            let empty = std::env::var(alias).is_ok_and(|v| v.trim().is_empty());
+            (!empty).then(|| (*key).into())
+        });
+        figment = figment.merge(aliases);
         // An empty variable means "not set" rather than "set to nothing".
         let env = env.filter_map(|name| {
             let doc = SETTINGS.iter().find(|s| name.as_str().eq_ignore_ascii_case(s.env))?;
@@ -498,9 +532,20 @@ impl Settings {
             (!empty).then(|| doc.key.into())
         });
         let figment = figment.merge(env);
-        let settings: Settings = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        let mut settings: Settings = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        settings.ignored_file_keys = ignored;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Lists, once, the keys of a Go server `config.yaml` that this gateway does not use.
+    pub fn log_ignored_file_keys(&self) {
+        if !self.ignored_file_keys.is_empty() {
+            tracing::warn!(
+                keys = %self.ignored_file_keys.join(", "),
+                "config file keys this gateway does not use (ignored)"
+            );
+        }
     }
 
     /// Checks what types alone cannot.
@@ -712,6 +757,22 @@ fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     Ok(s.filter(|s| !s.trim().is_empty()))
 }
 
+/// `.yaml`/`.yml`: the Go server's file; anything else is our TOML.
+fn is_yaml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// The database kind, answering `mysql` with what to do instead.
+fn database_kind<'de, D: Deserializer<'de>>(d: D) -> Result<DatabaseKind, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "sqlite" => Ok(DatabaseKind::Sqlite),
+        "postgres" | "postgresql" | "pg" => Ok(DatabaseKind::Postgres),
+        "mysql" | "mariadb" => Err(serde::de::Error::custom(MYSQL_HINT)),
+        other => Err(serde::de::Error::custom(format!("{other:?} is not sqlite or postgres"))),
+    }
+}
+
 /// A list given either as an array or as one comma-separated string.
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -904,6 +965,71 @@ mod tests {
                 Settings::load(Some(Path::new("missing.toml"))),
                 Err(ConfigError::MissingFile(_))
             ));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn starting_design_names_are_aliases_and_ours_win() {
+        let s = load(&[
+            ("MINIO_ENDPOINT", "minio:9000"),
+            ("MINIO_ACCESS_KEY_ID", "ak"),
+            ("MINIO_SECRET_ACCESS_KEY", "sk"),
+            ("MINIO_BUCKET_NAME", "voice"),
+        ])
+        .unwrap();
+        assert_eq!((s.storage.access_key.as_str(), s.storage.secret_key.as_str()), ("ak", "sk"));
+        assert_eq!(s.storage.bucket, "voice");
+        let s = load(&[
+            ("MINIO_ENDPOINT", "minio:9000"),
+            ("MINIO_ACCESS_KEY_ID", "alias"),
+            ("MINIO_ACCESS_KEY", "ours"),
+            ("MINIO_SECRET_KEY", "sk"),
+        ])
+        .unwrap();
+        assert_eq!(s.storage.access_key, "ours");
+    }
+
+    #[test]
+    fn mysql_is_answered_with_the_import_command() {
+        let err = load(&[("DB_TYPE", "mysql")]).unwrap_err().to_string();
+        assert!(err.contains("DB_TYPE") && err.contains(MYSQL_HINT), "{err}");
+    }
+
+    #[test]
+    fn the_go_servers_yaml_maps_to_our_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "config.yaml",
+                "database:\n  type: \"postgres\"\n  host: \"pg\"\n  port: \"15432\"\n  username: \"xiaozhi\"\n  \
+                 password: \"0123\"\n  database: \"xiaozhi_admin\"\n  ssl_mode: \"require\"\n\
+                 minio:\n  endpoint: \"minio:9000\"\n  access_key_id: \"ak\"\n  secret_access_key: \"sk\"\n  \
+                 use_ssl: \"true\"\n  bucket_audio: \"audio\"\n  region: \"cn\"\n\
+                 conversation:\n  storage_type: \"redis\"\n  postgres:\n    enable_audio_storage: false\n    \
+                 message_retention_days: 90\nmqtt:\n  broker: \"x\"\nwakeup_words:\n  - \"小智\"\n",
+            )?;
+            jail.set_env("DB_HOST", "from-env");
+            let s = Settings::load(Some(Path::new("config.yaml"))).unwrap();
+            assert_eq!(s.database.kind, DatabaseKind::Postgres);
+            assert_eq!(s.database.host, "from-env", "the environment still wins");
+            assert_eq!((s.database.port, s.database.user.as_str()), (15432, "xiaozhi"));
+            assert_eq!(s.database.password, "0123", "a quoted password stays a string");
+            assert_eq!(
+                (s.database.name.as_str(), s.database.ssl_mode.as_str()),
+                ("xiaozhi_admin", "require")
+            );
+            assert_eq!(s.storage.endpoint.as_deref(), Some("minio:9000"));
+            assert_eq!((s.storage.access_key.as_str(), s.storage.secret_key.as_str()), ("ak", "sk"));
+            assert!(s.storage.use_ssl);
+            assert_eq!((s.storage.bucket.as_str(), s.storage.region.as_str()), ("audio", "cn"));
+            assert_eq!(s.database.message_retention_days, 90);
+            let ignored = s.ignored_file_keys.join("; ");
+            assert!(ignored.contains("mqtt.broker") && ignored.contains("wakeup_words"), "{ignored}");
+            assert!(
+                ignored.contains("storage_type = redis") && ignored.contains("enable_audio_storage = false")
+            );
+            assert!(!ignored.contains("database.") && !ignored.contains("minio."), "{ignored}");
             Ok(())
         });
     }

@@ -23,6 +23,8 @@
 //! * [`telemetry`]: the tracing subscriber and the Prometheus metrics.
 //! * [`config`]: typed settings (defaults < TOML file < environment), validated once.
 //! * [`loadtest`]: `xiaozhi-gateway loadtest`, simulated talking and idle devices.
+//! * [`import`]: `xiaozhi-gateway import`, moving in from the existing servers (the Python
+//!   server's MySQL, the Go server's Redis and PostgreSQL).
 //! * [`client`]: a simulated device (tests and the load generator).
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
@@ -39,6 +41,7 @@ pub mod client;
 pub mod config;
 pub mod conversation;
 pub mod devices;
+pub mod import;
 pub mod loadtest;
 pub(crate) mod ota;
 pub mod pipeline;
