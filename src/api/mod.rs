@@ -28,6 +28,9 @@ use crate::store::StoreError;
 use crate::store::model::StoredMessage;
 use crate::store::queries::decode_cursor;
 
+mod params;
+mod search;
+
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
@@ -68,6 +71,7 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/conversations/{session_id}", get(get_conversation).delete(delete_conversation))
         .route("/api/conversations/{session_id}/messages", get(conversation_messages))
         .route("/api/audio/{file_id}", get(audio))
+        .route("/api/search", get(search::search))
         .route("/api/devices/{device_id}/system-prompt", get(get_prompt).put(put_prompt))
         .route("/api/devices/{device_id}/data", delete(forget_device))
         .route("/api/devices/{device_id}/say", post(say))

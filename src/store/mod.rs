@@ -7,16 +7,21 @@
 //! * [`outbox`]: the durable upload queue for clips and the deletion queue for objects.
 //! * [`writer`]: the background writer sessions hand records to over a bounded queue.
 //! * [`retention`]: the scheduled deletion of expired conversations.
+//! * [`search`]: finding messages by their text (trigram indexes on both backends).
+//! * [`devices`] and [`stats`]: the operator's views of devices and of activity per day.
 //!
 //! Both backends run the same SQL text (written with `$N` placeholders, rewritten to `?N` for
 //! SQLite) and bind the same Rust types; only the DDL in `migrations/` differs. Timestamps go
 //! through [`Ts`], which is `timestamptz` on PostgreSQL and integer microseconds on SQLite.
 //! Nothing here may be awaited by a session's audio loop.
 
+pub mod devices;
 pub mod model;
 pub mod outbox;
 pub mod queries;
 pub mod retention;
+pub mod search;
+pub mod stats;
 pub mod writer;
 pub mod writes;
 
@@ -184,10 +189,12 @@ fn migrations(kind: DatabaseKind) -> Vec<Migration> {
         DatabaseKind::Postgres => &[
             (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
             (2, "deleted sessions", include_str!("../../migrations/postgres/0002_deleted_sessions.sql")),
+            (3, "search", include_str!("../../migrations/postgres/0003_search.sql")),
         ],
         DatabaseKind::Sqlite => &[
             (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
             (2, "deleted sessions", include_str!("../../migrations/sqlite/0002_deleted_sessions.sql")),
+            (3, "search", include_str!("../../migrations/sqlite/0003_search.sql")),
         ],
     };
     files

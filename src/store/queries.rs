@@ -34,6 +34,7 @@ macro_rules! message_from_row {
         }
     }};
 }
+pub(crate) use message_from_row;
 
 macro_rules! session_from_row {
     ($r:expr) => {{
@@ -84,8 +85,8 @@ const CLIP_COLUMNS: &str = "file_id, session_id, message_id, device_id, bucket_n
 const SESSION_COLUMNS: &str = "s.session_id, s.device_id, s.agent_id, s.started_at, s.ended_at, s.status, s.metadata, \
      (SELECT COUNT(*) FROM conversation_messages m WHERE m.session_id = s.session_id) AS message_count";
 
-/// Where a page of sessions continues: after (started_at, session_id).
-fn encode_cursor(started_at: DateTime<Utc>, session_id: Uuid) -> String {
+/// Where a page continues: after (time, id) (sessions by start, messages by creation).
+pub(crate) fn encode_cursor(started_at: DateTime<Utc>, session_id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", started_at.timestamp_micros(), session_id))
 }
 
@@ -335,6 +336,6 @@ pub enum Table {
 }
 
 /// A `LazyLock<String>`'s contents as `&'static str` (statics live forever).
-fn leak(s: &'static std::sync::LazyLock<String>) -> &'static str {
+pub(crate) fn leak(s: &'static std::sync::LazyLock<String>) -> &'static str {
     s.as_str()
 }

@@ -14,6 +14,7 @@ mod ota_auth;
 mod persistence;
 mod providers;
 mod storage_suite;
+mod store_search;
 mod store_suite;
 mod turns;
 mod uploads;
