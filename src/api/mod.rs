@@ -28,6 +28,7 @@ use crate::store::StoreError;
 use crate::store::model::StoredMessage;
 use crate::store::queries::decode_cursor;
 
+mod devices;
 mod params;
 mod search;
 
@@ -72,6 +73,9 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/conversations/{session_id}/messages", get(conversation_messages))
         .route("/api/audio/{file_id}", get(audio))
         .route("/api/search", get(search::search))
+        .route("/api/devices", get(devices::list_devices))
+        .route("/api/devices/{device_id}", get(devices::get_device))
+        .route("/api/stats", get(devices::stats))
         .route("/api/devices/{device_id}/system-prompt", get(get_prompt).put(put_prompt))
         .route("/api/devices/{device_id}/data", delete(forget_device))
         .route("/api/devices/{device_id}/say", post(say))

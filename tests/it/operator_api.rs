@@ -1,0 +1,124 @@
+//! The operator's views through the live admin API (each answer checked against the OpenAPI
+//! document): search, devices and statistics after real device conversations.
+
+use chrono::Utc;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::admin_api::{Api, TOKEN, app_with_token, text_conversation, voice_conversation};
+
+fn contents(page: &Value) -> Vec<&str> {
+    page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_devices_and_statistics_after_real_conversations() {
+    let app = app_with_token().await;
+    let api = Api::new(&app, Some(TOKEN)).await;
+    let (d1, s1) = text_conversation(&app, "今天天气怎么样").await;
+    let (d2, _) = text_conversation(&app, "play some jazz music").await;
+    let (dev, d3, s3, clips) = voice_conversation(&app).await;
+    app.app.writer.flush().await;
+
+    // Search: a Chinese two- and three-character phrase, an English word, filters.
+    for q in ["天气", "天气怎"] {
+        let (status, page) = api.call(Method::GET, &format!("/api/search?q={q}&role=user"), None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(contents(&page), ["今天天气怎么样"], "{q}");
+        let hit = &page["items"][0];
+        assert_eq!(hit["session_id"], s1.to_string());
+        assert_eq!(hit["device_id"], d1);
+        assert!(hit["snippet"].as_str().unwrap().contains(&format!("<mark>{q}</mark>")), "{hit}");
+    }
+    let (_, page) = api.call(Method::GET, "/api/search?q=JAZZ&role=user", None).await;
+    assert_eq!(contents(&page), ["play some jazz music"]);
+    let (_, page) = api.call(Method::GET, &format!("/api/search?q=jazz&device_id={d1}"), None).await;
+    assert!(contents(&page).is_empty());
+    // The voice conversation's messages carry their clip's URL.
+    let (_, page) = api.call(Method::GET, &format!("/api/search?device_id={d3}"), None).await;
+    assert!(!page["items"].as_array().unwrap().is_empty());
+    for m in page["items"].as_array().unwrap() {
+        assert_eq!(m["session_id"], s3.to_string());
+        let url = m["audio_url"].as_str().expect("a voice message has a clip URL");
+        assert!(clips.iter().any(|c| url.contains(&c.file_id.to_string())), "{url}");
+    }
+    // Pages of one.
+    let (_, first) = api.call(Method::GET, &format!("/api/search?device_id={d2}&limit=1"), None).await;
+    let cursor = first["next_cursor"].as_str().expect("two messages: a second page");
+    let (_, second) =
+        api.call(Method::GET, &format!("/api/search?device_id={d2}&limit=1&cursor={cursor}"), None).await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_ne!(first["items"][0]["message_id"], second["items"][0]["message_id"]);
+
+    // Devices: totals, online now.
+    let (status, d) = api.call(Method::GET, &format!("/api/devices/{d3}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (d["online"].as_bool(), d["live_session_id"].as_str()),
+        (Some(true), Some(s3.to_string().as_str()))
+    );
+    assert_eq!((d["sessions"].as_i64(), d["turns"].as_i64()), (Some(1), Some(1)));
+    assert!(d["audio_in_secs"].as_f64().unwrap() > 1.0, "{d}");
+    let (_, d) = api.call(Method::GET, &format!("/api/devices/{d1}"), None).await;
+    assert_eq!((d["turns"].as_i64(), d["audio_in_secs"].as_f64()), (Some(1), Some(0.0)));
+    let (status, _) = api.call(Method::GET, "/api/devices/ff:ff:ff:ff:ff:ff", None).await;
+    assert_eq!(status, 404);
+    let (_, list) = api.call(Method::GET, "/api/devices?limit=2", None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    let cursor = list["next_cursor"].as_str().unwrap();
+    let (_, rest) = api.call(Method::GET, &format!("/api/devices?limit=2&cursor={cursor}"), None).await;
+    let mut ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["items"].as_array().unwrap())
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut expected = [d1.as_str(), d2.as_str(), d3.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let (_, none) = api.call(Method::GET, "/api/devices?seen_since=2999-01-01", None).await;
+    assert!(none["items"].as_array().unwrap().is_empty());
+
+    // Statistics: today has the three conversations.
+    let (status, stats) = api.call(Method::GET, "/api/stats", None).await;
+    assert_eq!(status, 200);
+    let days = stats["days"].as_array().unwrap();
+    assert_eq!(days.len(), 30);
+    let today = days.last().unwrap();
+    assert_eq!(today["day"], Utc::now().date_naive().to_string());
+    assert_eq!(
+        (today["sessions"].as_i64(), today["turns"].as_i64(), today["active_devices"].as_i64()),
+        (Some(3), Some(3), Some(3))
+    );
+    assert!(
+        today["speech_in_secs"].as_f64().unwrap() > 1.0 && today["clips"].as_i64().unwrap() >= 2,
+        "{today}"
+    );
+    let (_, mine) = api
+        .call(Method::GET, &format!("/api/stats?device_id={d1}&from={}", Utc::now().date_naive()), None)
+        .await;
+    assert_eq!(mine["days"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["days"][0]["turns"], 1);
+
+    for path in [
+        "/api/search?role=robot",
+        "/api/search?from=yesterday",
+        "/api/search?limit=0",
+        "/api/search?cursor=nonsense",
+        "/api/devices?cursor=nonsense",
+        "/api/devices?seen_since=soon",
+        "/api/stats?bucket=hour",
+        "/api/stats?from=2020-01-01&to=2026-01-01",
+        "/api/stats?from=2026-02-01&to=2026-01-01",
+    ] {
+        let (status, body) = api.call(Method::GET, path, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].is_string());
+    }
+    let long = "长".repeat(201);
+    let (status, _) = api.call(Method::GET, &format!("/api/search?q={long}"), None).await;
+    assert_eq!(status, 400);
+    drop(dev);
+}

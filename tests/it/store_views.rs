@@ -1,0 +1,113 @@
+//! The store conformance suite, continued: the operator's views of devices (totals, paging,
+//! seen-since filter) and of activity per day, on SQLite and PostgreSQL.
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use xiaozhi_gateway::store::devices::decode_device_cursor;
+use xiaozhi_gateway::store::model::{DeviceSighting, StoreOp};
+
+use crate::store_search::said;
+use crate::store_suite::{Kind, TestDb, conformance, session, turn};
+
+fn seen(device: &str, board: Option<&str>, at: DateTime<Utc>) -> StoreOp {
+    StoreOp::DeviceSeen(DeviceSighting {
+        device_id: device.into(),
+        client_id: Some(format!("client-{device}")),
+        board: board.map(str::to_owned),
+        firmware_version: Some("1.6.2".into()),
+        seen_at: at,
+    })
+}
+
+async fn devices_are_listed_with_their_totals(db: TestDb) {
+    let now = Utc::now();
+    let first = now - Duration::days(3);
+    // Ten devices, seen one hour apart (device 9 most recently).
+    for i in 0..10 {
+        let d = format!("aa:00:00:00:20:{i:02}");
+        db.store
+            .write_batch(&[seen(&d, None, first), seen(&d, Some("esp-box-3"), now - Duration::hours(10 - i))])
+            .await
+            .unwrap();
+    }
+    // Device 9 talked: two sessions, three turns (each turn one user and one reply clip of 1.2 s).
+    let talker = "aa:00:00:00:20:09";
+    let (s1, s2) = (session(talker, now - Duration::hours(2)), session(talker, now - Duration::hours(1)));
+    db.store.write_turn(turn(&s1, 0, now - Duration::hours(2))).await.unwrap();
+    db.store.write_turn(turn(&s1, 2, now - Duration::hours(2))).await.unwrap();
+    db.store.write_turn(turn(&s2, 0, now - Duration::hours(1))).await.unwrap();
+
+    let d = db.store.device(talker).await.unwrap().expect("the device is known");
+    assert_eq!((d.sessions, d.turns), (2, 3));
+    assert!((d.audio_in_secs - 3.6).abs() < 1e-9 && (d.audio_out_secs - 3.6).abs() < 1e-9, "{d:?}");
+    assert_eq!(d.board.as_deref(), Some("esp-box-3"), "the later sighting brought the board");
+    assert_eq!(d.firmware_version.as_deref(), Some("1.6.2"));
+    assert_eq!(d.first_seen.timestamp_micros(), first.timestamp_micros());
+    assert_eq!(d.last_seen.timestamp_micros(), (now - Duration::hours(1)).timestamp_micros());
+    assert!(!d.activated);
+    let quiet = db.store.device("aa:00:00:00:20:00").await.unwrap().unwrap();
+    assert_eq!((quiet.sessions, quiet.turns, quiet.audio_in_secs), (0, 0, 0.0));
+    assert_eq!(db.store.device("aa:00:00:00:20:99").await.unwrap(), None);
+
+    // Newest seen first, page by page, each device once.
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let page = db.store.devices(None, after, 4).await.unwrap();
+        assert!(page.items.len() <= 4);
+        ids.extend(page.items.into_iter().map(|d| d.device_id));
+        match page.next_cursor {
+            Some(c) => after = Some(decode_device_cursor(&c).expect("cursor decodes")),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..10).rev().map(|i| format!("aa:00:00:00:20:{i:02}")).collect();
+    assert_eq!(ids, expected);
+    assert!(decode_device_cursor("garbage").is_none());
+
+    // Seen in the last 3.5 hours: devices 7, 8, 9.
+    let recent = db.store.devices(Some(now - Duration::minutes(210)), None, 100).await.unwrap();
+    let ids: Vec<&str> = recent.items.iter().map(|d| d.device_id.as_str()).collect();
+    assert_eq!(ids, ["aa:00:00:00:20:09", "aa:00:00:00:20:08", "aa:00:00:00:20:07"]);
+    assert_eq!(recent.next_cursor, None);
+}
+
+async fn statistics_count_each_day(db: TestDb) {
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let at = |d: u32, h: u32| day(d).and_hms_opt(h, 30, 0).unwrap().and_utc();
+    let (a, b) = ("aa:00:00:00:30:01", "aa:00:00:00:30:02");
+    // 10 Nov: device a, one session, two turns. 12 Nov: a and b, one session each, one turn
+    // each, b's session started at 23:30 on the 11th.
+    let s1 = session(a, at(10, 8));
+    db.store.write_turn(said(&s1, 0, at(10, 8), "早上好", "早上好！")).await.unwrap();
+    db.store.write_turn(said(&s1, 2, at(10, 9), "几点了", "九点半")).await.unwrap();
+    let s2 = session(a, at(12, 0));
+    db.store.write_turn(said(&s2, 0, at(12, 1), "hello", "hi")).await.unwrap();
+    let s3 = session(b, at(11, 23));
+    db.store.write_turn(said(&s3, 0, at(12, 2), "晚安", "晚安")).await.unwrap();
+    // One of b's clips failed to upload.
+    let clip = db.store.session_clips(s3.session_id).await.unwrap()[0].file_id;
+    db.store.mark_attempt_failed(clip, "403 Forbidden", None).await.unwrap();
+
+    let stats = db.store.daily_stats(day(9), day(14), None).await.unwrap();
+    let days: Vec<NaiveDate> = stats.iter().map(|s| s.day).collect();
+    assert_eq!(days, [day(9), day(10), day(11), day(12), day(13)], "every day of the range, oldest first");
+    let row = |d: u32| stats.iter().find(|s| s.day == day(d)).unwrap();
+    assert_eq!((row(9).sessions, row(9).turns, row(9).clips), (0, 0, 0));
+    let ten = row(10);
+    assert_eq!((ten.sessions, ten.turns, ten.active_devices, ten.clips), (1, 2, 1, 4));
+    assert!((ten.speech_in_secs - 2.4).abs() < 1e-9 && (ten.speech_out_secs - 2.4).abs() < 1e-9);
+    let clip_bytes = (b"OggS user clip bytes".len() + b"OggS reply clip bytes".len()) as i64;
+    assert_eq!(ten.bytes, 2 * clip_bytes);
+    assert_eq!(ten.failed_uploads, 0);
+    assert_eq!((row(11).sessions, row(11).turns), (1, 0), "b's session started on the 11th");
+    let twelve = row(12);
+    assert_eq!((twelve.sessions, twelve.turns, twelve.active_devices, twelve.clips), (1, 2, 2, 4));
+    assert_eq!(twelve.failed_uploads, 1);
+
+    let only_b = db.store.daily_stats(day(12), day(13), Some(b)).await.unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!((only_b[0].turns, only_b[0].active_devices, only_b[0].clips), (1, 1, 2));
+    assert!(db.store.daily_stats(day(13), day(13), None).await.unwrap().is_empty());
+}
+
+conformance!(devices_are_listed_with_their_totals, statistics_count_each_day);
