@@ -14,6 +14,7 @@
 //!   echo ("parrot") brain is the embedded default.
 //! * [`loadtest`]: `xiaozhi-gateway loadtest`, simulated talking and idle devices.
 //! * [`client`]: a simulated device (tests and the load generator).
+//! * [`export`]: messages as JSON lines or CSV, a conversation as a `.zip` (API and CLI).
 //! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
 //! * [`uploads`]: clips to MinIO/S3 (or a local directory) by a durable background pool.
 //! * [`vision`]: the camera tool's upload endpoint (`/mcp/vision/explain`).
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod devices;
+pub mod export;
 pub mod loadtest;
 pub mod ota;
 pub mod pipeline;

@@ -33,6 +33,8 @@ enum Command {
     Migrate,
     /// Simulate devices against a gateway and report latency, frame timing and gateway cost.
     Loadtest(xiaozhi_gateway::loadtest::LoadtestArgs),
+    /// Export messages (JSON lines or CSV) or one conversation (.zip) from the configured store.
+    Export(xiaozhi_gateway::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Export(args) => export(cli.config.as_deref(), &args),
         Command::Migrate => {
             let settings = match Settings::load(cli.config.as_deref()) {
                 Ok(s) => s,
@@ -125,6 +128,39 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `xiaozhi-gateway export`: the configured store and object storage, no server.
+fn export(config: Option<&std::path::Path>, args: &xiaozhi_gateway::export::ExportArgs) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            xiaozhi_gateway::install_crypto_provider();
+            let store = xiaozhi_gateway::server::open_store(&settings).await?;
+            let storage = xiaozhi_gateway::uploads::storage::ClipStorage::open(&settings).await?;
+            xiaozhi_gateway::export::run_cli(&store, &storage, args).await
+        })
+    });
+    match result {
+        Ok(n) => {
+            eprintln!(
+                "exported {n} {} to {}",
+                if args.conversation.is_some() { "bytes" } else { "messages" },
+                args.output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::store::model::StoredMessage;
 use crate::store::queries::decode_cursor;
 
 mod devices;
+mod export;
 mod params;
 mod search;
 
@@ -76,6 +77,8 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/devices", get(devices::list_devices))
         .route("/api/devices/{device_id}", get(devices::get_device))
         .route("/api/stats", get(devices::stats))
+        .route("/api/export", get(export::export_messages))
+        .route("/api/conversations/{session_id}/export", get(export::export_conversation))
         .route("/api/devices/{device_id}/system-prompt", get(get_prompt).put(put_prompt))
         .route("/api/devices/{device_id}/data", delete(forget_device))
         .route("/api/devices/{device_id}/say", post(say))

@@ -2,7 +2,7 @@
 //! `400` each gives when malformed.
 
 use axum::http::StatusCode;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{ApiError, ApiResult};
@@ -33,11 +33,8 @@ pub(super) fn time(raw: Option<&str>, name: &str) -> ApiResult<Option<DateTime<U
     let Some(s) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    if let Some(t) = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)) {
-        return Ok(Some(t.and_utc()));
+    if let Some(t) = crate::export::parse_time_bound(s) {
+        return Ok(Some(t));
     }
     Err(ApiError::new(
         StatusCode::BAD_REQUEST,

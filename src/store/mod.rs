@@ -9,6 +9,7 @@
 //! * [`retention`]: the scheduled deletion of expired conversations.
 //! * [`search`]: finding messages by their text (trigram indexes on both backends).
 //! * [`devices`] and [`stats`]: the operator's views of devices and of activity per day.
+//! * [`export`]: messages in batches, oldest first, for exports of any size.
 //!
 //! Both backends run the same SQL text (written with `$N` placeholders, rewritten to `?N` for
 //! SQLite) and bind the same Rust types; only the DDL in `migrations/` differs. Timestamps go
@@ -16,6 +17,7 @@
 //! Nothing here may be awaited by a session's audio loop.
 
 pub mod devices;
+pub mod export;
 pub mod model;
 pub mod outbox;
 pub mod queries;

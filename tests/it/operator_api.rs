@@ -122,3 +122,75 @@ async fn search_devices_and_statistics_after_real_conversations() {
     assert_eq!(status, 400);
     drop(dev);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_stream_messages_and_zip_a_conversation_with_its_clips() {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let app = app_with_token().await;
+    let api = Api::new(&app, Some(TOKEN)).await;
+    let (d1, _) = text_conversation(&app, "导出, \"这一句\"").await;
+    let (dev, d3, s3, clips) = voice_conversation(&app).await;
+    app.app.writer.flush().await;
+
+    let r = api.fetch(Method::GET, &format!("/api/export?format=csv&device_id={d1}"), None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.ctype.starts_with("text/csv"));
+    let mut reader = csv::Reader::from_reader(&r.bytes[..]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((&rows[0][4], &rows[0][5]), ("user", "导出, \"这一句\""));
+    let r = api.fetch(Method::GET, "/api/export", None).await;
+    assert_eq!((r.status, r.ctype.as_str()), (200, "application/x-ndjson"));
+    let lines: Vec<Value> =
+        std::str::from_utf8(&r.bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "two conversations of two messages");
+    let (status, _) = api.call(Method::GET, "/api/export?format=xml", None).await;
+    assert_eq!(status, 400);
+
+    // One conversation as a zip: its transcript and its clips, byte for byte.
+    let r = api.fetch(Method::GET, &format!("/api/conversations/{s3}/export"), None).await;
+    assert_eq!((r.status, r.ctype.as_str()), (200, "application/zip"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(r.bytes.to_vec())).unwrap();
+    let mut transcript = String::new();
+    zip.by_name("conversation.json").unwrap().read_to_string(&mut transcript).unwrap();
+    let transcript: Value = serde_json::from_str(&transcript).unwrap();
+    assert_eq!(transcript["session"]["device_id"], d3);
+    assert_eq!(transcript["messages"].as_array().unwrap().len(), 2);
+    assert!(transcript["missing_clips"].as_array().unwrap().is_empty());
+    for c in &clips {
+        let name = format!("clips/{}.{}", c.file_id, c.file_type);
+        let mut bytes = Vec::new();
+        zip.by_name(&name).unwrap().read_to_end(&mut bytes).unwrap();
+        let sum: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(sum, c.checksum, "{name}");
+        assert!(transcript["messages"].as_array().unwrap().iter().any(|m| m["clip"] == name.as_str()));
+    }
+    let (status, _) =
+        api.call(Method::GET, &format!("/api/conversations/{}/export", uuid::Uuid::new_v4()), None).await;
+    assert_eq!(status, 404);
+    drop(dev);
+
+    // The command line exports the same from the gateway's own database.
+    let out = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xiaozhi-gateway"))
+            .arg("export")
+            .args(args)
+            .env("XIAOZHI_DATA_DIR", &app.app.settings.data_dir)
+            .output()
+            .unwrap()
+    };
+    let csv_path = out.path().join("all.csv");
+    let o = run(&["--format", "csv", "--output", csv_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = csv::Reader::from_path(&csv_path).unwrap().records().count();
+    assert_eq!(rows, 4);
+    let zip_path = out.path().join("c.zip");
+    let o = run(&["--conversation", &s3.to_string(), "-o", zip_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    assert_eq!(zip.len(), 1 + clips.len());
+    let o = run(&["--from", "next tuesday", "-o", "x"]);
+    assert_eq!(o.status.code(), Some(2), "a bad argument is a usage error");
+}

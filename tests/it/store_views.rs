@@ -1,5 +1,5 @@
 //! The store conformance suite, continued: the operator's views of devices (totals, paging,
-//! seen-since filter) and of activity per day, on SQLite and PostgreSQL.
+//! seen-since filter) and of activity per day, and exports, on SQLite and PostgreSQL.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use xiaozhi_gateway::store::devices::decode_device_cursor;
@@ -110,4 +110,71 @@ async fn statistics_count_each_day(db: TestDb) {
     assert!(db.store.daily_stats(day(13), day(13), None).await.unwrap().is_empty());
 }
 
-conformance!(devices_are_listed_with_their_totals, statistics_count_each_day);
+async fn export_reads_everything_oldest_first_in_batches(db: TestDb) {
+    use xiaozhi_gateway::export::{ExportFormat, MessageExport};
+    use xiaozhi_gateway::store::export::ExportFilter;
+    let t0 = Utc::now() - Duration::hours(2);
+    let (a, b) = ("aa:00:00:00:40:01", "aa:00:00:00:40:02");
+    let (sa, sb) = (session(a, t0), session(b, t0));
+    for i in 0..15 {
+        let at = t0 + Duration::seconds(i / 2);
+        db.store
+            .write_turn(said(&sa, i as i32 * 2, at, &format!("第{i}句, \"quoted\"\nnew line"), "好"))
+            .await
+            .unwrap();
+    }
+    db.store.write_turn(said(&sb, 0, t0 + Duration::hours(1), "b speaks", "b hears")).await.unwrap();
+
+    // Keyset batches: every message once, oldest first, filters applied.
+    let only_a = ExportFilter { device_id: Some(a.into()), ..ExportFilter::default() };
+    assert_eq!(db.store.export_count(&only_a).await.unwrap(), 30);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let batch = db.store.export_batch(&only_a, after, 7).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        after = batch.last().map(|m| (m.created_at, m.message_id));
+        seen.extend(batch);
+    }
+    assert_eq!(seen.len(), 30);
+    assert!(seen.windows(2).all(|w| (w[0].created_at, w[0].message_id) < (w[1].created_at, w[1].message_id)));
+    assert!(seen.iter().all(|m| m.device_id == a));
+    let late = ExportFilter { from: Some(t0 + Duration::minutes(30)), ..ExportFilter::default() };
+    assert_eq!(db.store.export_count(&late).await.unwrap(), 2);
+    let early = ExportFilter { to: Some(t0 + Duration::seconds(1)), ..ExportFilter::default() };
+    assert_eq!(db.store.export_count(&early).await.unwrap(), 4, "turns 0 and 1");
+
+    // CSV: a header, then one record per message; commas, quotes and newlines survive.
+    let mut export = MessageExport::new(db.store.clone(), ExportFilter::default(), ExportFormat::Csv);
+    let mut csv_bytes = Vec::new();
+    while let Some((chunk, _)) = export.next_chunk().await.unwrap() {
+        csv_bytes.extend_from_slice(&chunk);
+    }
+    let mut reader = csv::Reader::from_reader(&csv_bytes[..]);
+    assert_eq!(reader.headers().unwrap().get(5), Some("content"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 32);
+    assert_eq!(&rows[0][5], "第0句, \"quoted\"\nnew line");
+    assert_eq!((&rows[0][1], &rows[0][4]), (a, "user"));
+    assert_eq!(&rows[31][5], "b hears");
+
+    // JSON lines: one message per line.
+    let mut export = MessageExport::new(db.store.clone(), ExportFilter::default(), ExportFormat::Jsonl);
+    let mut lines = Vec::new();
+    while let Some((chunk, n)) = export.next_chunk().await.unwrap() {
+        let text = String::from_utf8(chunk.to_vec()).unwrap();
+        assert_eq!(text.lines().count(), n);
+        lines.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+    }
+    assert_eq!(lines.len(), 32);
+    assert_eq!(lines[1]["content"], "好");
+    assert_eq!(lines[31]["session_id"], sb.session_id.to_string());
+}
+
+conformance!(
+    devices_are_listed_with_their_totals,
+    statistics_count_each_day,
+    export_reads_everything_oldest_first_in_batches,
+);
