@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! * [`api`]: the admin HTTP API under `/api` (conversations, clips, prompts, push).
+//! * [`console`]: the operator console in the browser at `/console/` (embedded assets).
 //! * [`config`]: typed settings (defaults < TOML file < environment), validated once.
 //! * [`server`]: the one HTTP listener: WebSocket upgrade on any path, OTA, health; limits.
 //! * [`auth`]: who may connect: static tokens, OTA-issued HMAC tokens, allowed devices.
@@ -27,6 +28,7 @@ pub mod audio;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod export;
 pub mod loadtest;

@@ -184,6 +184,7 @@ pub fn router(app: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(app.settings.brain.vision_max_bytes.saturating_add(64 << 10))),
         )
         .merge(crate::api::router(app.clone()))
+        .merge(crate::console::router())
         .fallback(upgrade)
         .with_state(app)
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod binary_e2e;
 mod brain;
 mod brain_resilience;
+mod console;
 mod fake_openai;
 mod helpers;
 mod interop;
