@@ -11,7 +11,7 @@ use testkit::fake_openai::{AsrScript, ChatScript, FakeOpenAi, SpeechScript};
 use xiaozhi_gateway::audio::opus::FrameEncoder;
 use xiaozhi_gateway::client::{DeviceClient, DeviceConfig, Event};
 use xiaozhi_gateway::config::Settings;
-use xiaozhi_gateway::server::{AppState, Server};
+use xiaozhi_gateway::startup::Application;
 
 const TURNS: usize = 300;
 
@@ -35,10 +35,9 @@ fn main() {
         settings.brain.asr_url = Some(fake.base_url());
         settings.brain.llm_url = Some(fake.base_url());
         settings.brain.tts_url = Some(fake.base_url());
-        let app = AppState::start_configured(settings).await.unwrap();
-        let server = Server::bind(app.clone()).await.unwrap();
-        let addr = server.local_addr().unwrap();
-        tokio::spawn(server.serve());
+        let server = Application::build(settings).await.unwrap();
+        let addr = server.local_addr();
+        tokio::spawn(server.run_until_stopped());
 
         let pcm: Vec<i16> = (0..16_000).map(|i| ((i as f32 * 0.05).sin() * 8000.0) as i16).collect();
         let packets = FrameEncoder::new(16_000, 60).unwrap().encode_all(&pcm).unwrap();

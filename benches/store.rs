@@ -3,6 +3,7 @@
 //! is a throwaway cluster with fsync on; SQLite is a file in WAL mode, as in production.
 //!
 //! Run: `cargo bench --bench store` (figures in README.md).
+#![allow(clippy::disallowed_types)] // the session-only rule of clippy.toml
 
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,7 @@
 //! S3 server (`s3s-fs` on loopback), for 1, 4 and 16 workers.
 //!
 //! Run: `cargo bench --bench uploads` (figures in README.md).
+#![allow(clippy::disallowed_types)] // the session-only rule of clippy.toml
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -247,6 +247,14 @@ fn format_arg(s: &str) -> Result<ExportFormat, String> {
     ExportFormat::parse(s).ok_or_else(|| format!("{s:?}: the format is jsonl or csv"))
 }
 
+/// `xiaozhi-gateway export` with the configured database and object storage.
+pub async fn run_configured(settings: &crate::config::Settings, args: &ExportArgs) -> anyhow::Result<u64> {
+    crate::install_crypto_provider();
+    let store = crate::startup::open_store(settings).await?;
+    let storage = ClipStorage::open(settings).await?;
+    run_cli(&store, &storage, args).await
+}
+
 /// Runs the export with a progress bar on stderr; returns how many messages (or clips) went out.
 pub async fn run_cli(store: &Store, storage: &ClipStorage, args: &ExportArgs) -> anyhow::Result<u64> {
     use anyhow::Context;

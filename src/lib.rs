@@ -23,12 +23,17 @@
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
 
+// The database, object storage and upload pool are denied only where they must not be used
+// (`session`); see clippy.toml.
+#![allow(clippy::disallowed_types)]
+
 pub mod api;
 pub mod audio;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod console;
+pub mod conversation;
 pub mod devices;
 pub mod export;
 pub mod loadtest;
@@ -36,6 +41,7 @@ pub mod ota;
 pub mod pipeline;
 pub mod server;
 pub mod session;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod uploads;

@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use xiaozhi_gateway::config::Settings;
-use xiaozhi_gateway::server::{AppState, Server};
+use xiaozhi_gateway::startup::{self, Application};
 
 #[derive(Parser)]
 #[command(name = "xiaozhi-gateway", version, about = "WebSocket voice gateway for xiaozhi ESP32 devices")]
@@ -87,7 +86,7 @@ fn main() -> ExitCode {
             let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async {
                     std::fs::create_dir_all(&settings.data_dir)?;
-                    let store = xiaozhi_gateway::server::open_store(&settings).await?;
+                    let store = startup::open_store(&settings).await?;
                     let version = store.applied_version().await?;
                     println!("database schema at version {version} ({:?})", store.kind());
                     anyhow::Ok(())
@@ -141,14 +140,9 @@ fn export(config: Option<&std::path::Path>, args: &xiaozhi_gateway::export::Expo
             return ExitCode::from(2);
         }
     };
-    let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
-        rt.block_on(async {
-            xiaozhi_gateway::install_crypto_provider();
-            let store = xiaozhi_gateway::server::open_store(&settings).await?;
-            let storage = xiaozhi_gateway::uploads::storage::ClipStorage::open(&settings).await?;
-            xiaozhi_gateway::export::run_cli(&store, &storage, args).await
-        })
-    });
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(async { xiaozhi_gateway::export::run_configured(&settings, args).await }));
     match result {
         Ok(n) => {
             eprintln!(
@@ -167,58 +161,24 @@ fn export(config: Option<&std::path::Path>, args: &xiaozhi_gateway::export::Expo
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     use anyhow::Context;
-    let listen = settings.listen;
     let drain = std::time::Duration::from_secs(settings.ops.drain_secs);
-    let app = AppState::start_configured(settings).await?;
-    let server = Server::bind(app.clone()).await.with_context(|| format!("cannot listen on {listen}"))?;
-    tokio::spawn(drain_on_signal(app.clone(), drain));
-    server.serve().await.context("server failed")?;
-    // The listener is closed; sessions were told to close. Hand everything to the database.
-    for _ in 0..20 {
-        if app.sessions.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    if tokio::time::timeout(std::time::Duration::from_secs(15), app.writer.flush()).await.is_err() {
-        // The database is away: keep what is still in memory on disk for the next start.
-        app.writer.abandon();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(20), app.writer.flush()).await;
-        tracing::error!(
-            spilled = app.writer.stats().spilled.load(std::sync::atomic::Ordering::Relaxed),
-            "database unreachable at exit; unwritten turns are kept in the spill directory for the next start"
-        );
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// First signal: drain (not ready, no new sessions, turns in progress finish up to `drain`),
-/// then stop. Second signal: exit at once.
-async fn drain_on_signal(app: Arc<AppState>, drain: std::time::Duration) {
-    wait_for_signal().await;
-    tracing::info!(sessions = app.sessions.len(), deadline_secs = drain.as_secs(), "draining");
-    app.draining.cancel();
-    app.metrics.draining.set(1.0);
-    let deadline = tokio::time::Instant::now() + drain;
-    let second = tokio::spawn(async {
+    let app = Application::build(settings).await?;
+    let state = app.state();
+    tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
+        let second = tokio::spawn(async {
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+        startup::drain(&state, drain).await;
+        drop(second);
     });
-    while !app.sessions.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    if !app.sessions.is_empty() {
-        tracing::warn!(
-            sessions = app.sessions.len(),
-            "drain deadline passed; closing the remaining sessions"
-        );
-    }
-    app.shutdown.cancel();
-    drop(second);
+    app.run_until_stopped().await.context("server failed")
 }
 
+/// First signal: drain (not ready, no new sessions, turns in progress finish up to the drain
+/// deadline), then stop. Second signal: exit at once.
 async fn wait_for_signal() {
     #[cfg(unix)]
     {

@@ -15,16 +15,30 @@ use axum::response::{IntoResponse, Response};
 use firmware_protocol::ota::{Activation, Firmware, OtaRequest, OtaResponse, ServerTime, WebsocketInfo};
 use serde_json::json;
 
-use crate::auth::Credentials;
-use crate::devices::Sighting;
-use crate::server::AppState;
+use crate::auth::{Authenticator, Credentials};
+use crate::config::Settings;
+use crate::devices::{DeviceRegistry, Sighting};
+use crate::store::Store;
+use crate::store::writer::StoreWriter;
+
+/// What the OTA endpoints use of the gateway.
+#[derive(Clone)]
+pub struct OtaState {
+    pub settings: Arc<Settings>,
+    pub auth: Arc<Authenticator>,
+    pub devices: Arc<DeviceRegistry>,
+    /// Where devices seen are recorded.
+    pub writer: StoreWriter,
+    /// Asked whether a device's activation was approved (it outlives restarts).
+    pub store: Store,
+}
 
 /// The WebSocket path the OTA endpoint points devices at.
 pub const WS_PATH: &str = "/xiaozhi/v1/";
 
 /// `POST /xiaozhi/ota/`: accepts any body (firmware, SDK, py-xiaozhi, browser pages).
 pub async fn check_version(
-    State(app): State<Arc<AppState>>,
+    State(app): State<OtaState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -93,7 +107,7 @@ pub async fn check_version(
 
 /// `POST /xiaozhi/ota/activate`: 200 once the device is activated, 202 while it waits.
 pub async fn activate(
-    State(app): State<Arc<AppState>>,
+    State(app): State<OtaState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {

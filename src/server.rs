@@ -1,6 +1,7 @@
 //! The one HTTP listener: the WebSocket upgrade on any path a device is configured with, the
-//! OTA endpoints, and health. Authentication, the connection limit and the protocol version
-//! header are checked before the 101, so a refused device sees an HTTP status at once.
+//! OTA endpoints, the camera upload, the admin API, and health. Authentication, the connection
+//! limit and the protocol version header are checked before the 101, so a refused device sees
+//! an HTTP status at once. What the routes share is assembled by [`crate::startup`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,25 +21,30 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::{info, warn};
 
+use crate::api::ApiState;
 use crate::auth::{Authenticator, Credentials};
 use crate::config::Settings;
 use crate::devices::DeviceRegistry;
-use crate::ota;
-use crate::pipeline::Pipeline;
-use crate::session::{self, registry::SessionRegistry};
-use crate::store::writer::{StoreWriter, WriterConfig};
-use crate::store::{PoolOptions, Store, StoreError};
+use crate::ota::{self, OtaState};
+use crate::pipeline::providers::vision::VisionModel;
+use crate::session::registry::SessionRegistry;
+use crate::session::{self, SessionContext};
+use crate::store::Store;
+use crate::store::writer::StoreWriter;
 use crate::telemetry::metrics::{Handshake, Metrics};
-use crate::uploads::pool::{PoolConfig, UploadPool};
-use crate::uploads::storage::{ClipStorage, StorageError};
+use crate::uploads::pool::UploadPool;
+use crate::uploads::storage::ClipStorage;
+use crate::vision::{self, VisionState};
 
-/// Everything the handlers and sessions share.
+/// What the routes share: the parts [`crate::startup`] assembled. Each handler takes only its
+/// own slice of it ([`OtaState`], [`ApiState`], [`VisionState`], [`SessionContext`]).
 pub struct AppState {
-    pub settings: Settings,
-    pub auth: Authenticator,
-    pub devices: DeviceRegistry,
-    pub sessions: SessionRegistry,
-    pub pipeline: Arc<dyn Pipeline>,
+    pub settings: Arc<Settings>,
+    pub auth: Arc<Authenticator>,
+    pub devices: Arc<DeviceRegistry>,
+    pub sessions: Arc<SessionRegistry>,
+    /// What every session gets.
+    pub session: Arc<SessionContext>,
     /// One permit per live device session: the connection limit.
     pub connections: Arc<Semaphore>,
     /// Cancelled when the gateway starts draining: not ready, no new sessions; sessions
@@ -56,115 +62,49 @@ pub struct AppState {
     pub uploads: UploadPool,
     pub metrics: Arc<Metrics>,
     /// The vision model answering camera uploads (with the conversation brain only).
-    pub vision: Option<crate::vision::VisionModel>,
+    pub vision: Option<VisionModel>,
 }
 
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("conversation store: {0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Storage(#[from] StorageError),
-    #[error("conversation brain: {0}")]
-    Brain(#[from] crate::pipeline::providers::ProviderError),
-    #[error("cannot create {path}: {source}")]
-    DataDir { path: std::path::PathBuf, source: std::io::Error },
+impl FromRef<Arc<AppState>> for OtaState {
+    fn from_ref(app: &Arc<AppState>) -> Self {
+        OtaState {
+            settings: app.settings.clone(),
+            auth: app.auth.clone(),
+            devices: app.devices.clone(),
+            writer: app.writer.clone(),
+            store: app.store.clone(),
+        }
+    }
 }
 
-/// How long start-up keeps trying to reach the database before giving up.
-const STORE_STARTUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+impl FromRef<Arc<AppState>> for VisionState {
+    fn from_ref(app: &Arc<AppState>) -> Self {
+        VisionState {
+            auth: app.auth.clone(),
+            sessions: app.sessions.clone(),
+            model: app.vision.clone(),
+            max_bytes: app.settings.brain.vision_max_bytes,
+        }
+    }
+}
 
 impl AppState {
-    /// Starts with the brain the settings describe: the providers' pipeline when
-    /// `XIAOZHI_ASR_URL` and `XIAOZHI_LLM_URL` are set, the echo brain otherwise.
-    pub async fn start_configured(settings: Settings) -> Result<Arc<Self>, StartError> {
-        Self::start_inner(settings, None).await
-    }
-
-    /// Connects and migrates the store, starts its writer, and assembles the state.
-    pub async fn start(settings: Settings, pipeline: Arc<dyn Pipeline>) -> Result<Arc<Self>, StartError> {
-        Self::start_inner(settings, Some(pipeline)).await
-    }
-
-    async fn start_inner(
-        settings: Settings,
-        pipeline: Option<Arc<dyn Pipeline>>,
-    ) -> Result<Arc<Self>, StartError> {
-        std::fs::create_dir_all(&settings.data_dir)
-            .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
-        crate::install_crypto_provider();
-        let store = open_store(&settings).await?;
-        let storage = ClipStorage::open(&settings).await?;
-        let wake_uploads = Arc::new(tokio::sync::Notify::new());
-        let metrics = Metrics::new();
-        let mut writer_config = WriterConfig::new(&settings.data_dir);
-        writer_config.queue_capacity = settings.database.queue_capacity;
-        writer_config.max_queue_bytes = settings.database.queue_mb << 20;
-        writer_config.on_commit = Some(wake_uploads.clone());
-        writer_config.commit_latency = Some(metrics.store_commit.clone());
-        let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
-        let pipeline = match pipeline {
-            Some(p) => p,
-            None => crate::pipeline::from_settings(&settings, &store, &metrics)?,
-        };
-        let vision = crate::pipeline::vision_from_settings(&settings)?;
-        let shutdown = CancellationToken::new();
-        let uploads = UploadPool::start(
-            store.clone(),
-            storage.clone(),
-            PoolConfig::from_settings(&settings.storage),
-            wake_uploads,
-            shutdown.clone(),
-        );
-        tokio::spawn(crate::store::retention::run_schedule(
-            store.clone(),
-            settings.database.message_retention_days,
-            std::time::Duration::from_secs(3600),
-            shutdown.clone(),
-        ));
-        Ok(Arc::new(Self {
-            auth: Authenticator::new(&settings.auth),
-            connections: Arc::new(Semaphore::new(settings.session.max_connections)),
-            devices: DeviceRegistry::default(),
-            sessions: SessionRegistry::default(),
-            pipeline,
-            draining: CancellationToken::new(),
-            shutdown,
-            store,
-            writer,
-            storage,
-            uploads,
-            metrics,
-            vision,
-            settings,
-        }))
-    }
-}
-
-/// Connects to the configured database and brings its schema up to date, waiting a while for
-/// a database that is still starting; a schema newer than this binary is refused at once.
-pub async fn open_store(settings: &Settings) -> Result<Store, StoreError> {
-    let opts = PoolOptions {
-        max_connections: settings.database.max_connections,
-        acquire_timeout: std::time::Duration::from_millis(settings.database.acquire_timeout_ms),
-    };
-    let store = Store::connect(&settings.database, &settings.data_dir, &opts).await?;
-    let deadline = tokio::time::Instant::now() + STORE_STARTUP_PATIENCE;
-    loop {
-        match store.migrate().await {
-            Ok(()) => return Ok(store),
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e),
+    /// The admin API's slice.
+    fn api(&self) -> ApiState {
+        ApiState {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            writer: self.writer.clone(),
+            storage: self.storage.clone(),
+            uploads: self.uploads.clone(),
+            devices: self.devices.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
 
 /// The application's routes.
-pub fn router(app: Arc<AppState>) -> Router {
+fn router(app: Arc<AppState>) -> Router {
     // Browser test pages call OTA cross-origin with custom headers.
     let cors =
         CorsLayer::new().allow_origin(Any).allow_methods([Method::POST, Method::OPTIONS]).allow_headers(Any);
@@ -179,38 +119,40 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/readyz", get(readiness))
         .merge(ota_routes)
         .route(
-            crate::vision::PATH,
-            post(crate::vision::explain)
+            vision::PATH,
+            post(vision::explain)
                 .layer(DefaultBodyLimit::max(app.settings.brain.vision_max_bytes.saturating_add(64 << 10))),
         )
-        .merge(crate::api::router(app.clone()))
+        .merge(crate::api::router(app.api()))
         .merge(crate::console::router())
         .fallback(upgrade)
         .with_state(app)
 }
 
 /// A bound listener, ready to serve.
-pub struct Server {
+pub(crate) struct Server {
     listener: TcpListener,
+    addr: SocketAddr,
     app: Arc<AppState>,
 }
 
 impl Server {
     /// Binds the configured address (port 0 picks a free one).
-    pub async fn bind(app: Arc<AppState>) -> std::io::Result<Self> {
+    pub(crate) async fn bind(app: Arc<AppState>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(app.settings.listen).await?;
-        Ok(Self { listener, app })
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr, app })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Serves until the shutdown token is cancelled.
-    pub async fn serve(self) -> std::io::Result<()> {
+    pub(crate) async fn serve(self) -> std::io::Result<()> {
         use axum::serve::ListenerExt;
         let shutdown = self.app.shutdown.clone();
-        info!(addr = %self.listener.local_addr()?, "listening");
+        info!(addr = %self.addr, "listening");
         // Small messages (subtitles, 60 ms frames) must not wait for Nagle's algorithm.
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -283,7 +225,7 @@ async fn upgrade(
     };
     let max = app.settings.session.max_message_bytes;
     let conn = session::Connection {
-        app: app.clone(),
+        ctx: app.session.clone(),
         device_id,
         client_id: creds.client_id,
         session_id: uuid::Uuid::new_v4().to_string(),
@@ -292,7 +234,7 @@ async fn upgrade(
         vision_url: app
             .vision
             .is_some()
-            .then(|| crate::vision::endpoint_url(app.settings.public_url.as_deref(), &headers)),
+            .then(|| vision::endpoint_url(app.settings.public_url.as_deref(), &headers)),
     };
     // Small I/O buffers: an idle session should cost a few KiB, not tungstenite's 128 KiB
     // default read buffer. Messages larger than the buffer still assemble (up to `max`).

@@ -4,64 +4,47 @@
 //! `self.camera.take_photo`, the device photographs, uploads the JPEG with the model's
 //! question as multipart form data, and returns our answer as the tool's result.
 //!
-//! Here the image is checked (token, size, that it is an image), a vision-capable chat model
-//! answers the question, and the image is handed to the device's live session, which keeps it
-//! with the tool call's result: the turn's transaction stages it in the same outbox as the
-//! audio clips (`source_type` image), and the upload pool puts it in object storage.
+//! Here, at the edge, the image is checked (token, size, that it is an image), a vision-capable
+//! chat model answers the question, and the image is handed to the device's live session
+//! through its command inbox; the session keeps it with the tool call's result: the turn's
+//! transaction stages it in the same outbox as the audio clips (`source_type` image), and the
+//! upload pool puts it in object storage.
 //!
 //! The upload must reach the gateway process that holds the device's WebSocket (one process,
 //! or a load balancer that routes by device); elsewhere it is refused with 409.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::pipeline::providers::llm::{ChatMessage, Llm};
-use crate::pipeline::providers::{ProviderConfig, ProviderError};
-use crate::server::AppState;
+use crate::auth::Authenticator;
+use crate::conversation::VisionImage;
+use crate::pipeline::providers::vision::VisionModel;
+use crate::session::registry::{SessionCommand, SessionRegistry};
 
 /// Where devices upload.
 pub const PATH: &str = "/mcp/vision/explain";
 /// The longest question kept.
 const MAX_QUESTION_CHARS: usize = 2000;
-/// What the model is told about its job.
-const VISION_PROMPT: &str = "You see the picture a voice assistant's camera just took. Answer the question about it \
-     briefly and concretely, in the language of the question.";
+/// How long the session may take to take the image (it reads its inbox between messages).
+const HAND_OVER: Duration = Duration::from_secs(5);
 
-/// An image a device uploaded during a tool call, with what was asked and answered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VisionImage {
-    pub data: Bytes,
-    /// `jpg`, `png`, `webp` or `gif`.
-    pub file_type: &'static str,
-    pub question: String,
-    pub answer: String,
-}
-
-/// A vision-capable chat model.
-#[derive(Debug, Clone)]
-pub struct VisionModel {
-    llm: Llm,
-}
-
-impl VisionModel {
-    pub fn new(cfg: ProviderConfig) -> Result<Self, ProviderError> {
-        Ok(Self { llm: Llm::new(cfg)? })
-    }
-
-    /// The model's answer to `question` about the image.
-    pub async fn explain(&self, question: &str, mime: &str, image: &[u8]) -> Result<String, ProviderError> {
-        let messages =
-            vec![ChatMessage::system(VISION_PROMPT), ChatMessage::user_with_image(question, mime, image)];
-        self.llm.complete(messages).await
-    }
+/// What the vision endpoint uses of the gateway.
+#[derive(Clone)]
+pub struct VisionState {
+    pub auth: Arc<Authenticator>,
+    pub sessions: Arc<SessionRegistry>,
+    /// The model answering questions about uploads (with the conversation brain only).
+    pub model: Option<VisionModel>,
+    /// The largest image accepted.
+    pub max_bytes: usize,
 }
 
 /// The upload URL handed to a device: the public URL's host when one is configured, else the
@@ -102,7 +85,7 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// `POST /mcp/vision/explain`.
 pub async fn explain(
-    State(app): State<Arc<AppState>>,
+    State(app): State<VisionState>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
@@ -125,12 +108,12 @@ pub async fn explain(
 
 /// The checked upload: the photo, the model's answer, the image handed to the session.
 async fn answer(
-    app: Arc<AppState>,
+    app: VisionState,
     device_id: String,
     session_id: String,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    let Some(model) = app.vision.as_ref() else {
+    let Some(model) = app.model.as_ref() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "no vision model is configured");
     };
     let mut multipart = match multipart {
@@ -168,10 +151,10 @@ async fn answer(
     let Some(data) = image.filter(|d| !d.is_empty()) else {
         return refuse(StatusCode::BAD_REQUEST, "no image in the \"file\" part");
     };
-    if data.len() > app.settings.brain.vision_max_bytes {
+    if data.len() > app.max_bytes {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the image is larger than {} bytes", app.settings.brain.vision_max_bytes),
+            format!("the image is larger than {} bytes", app.max_bytes),
         );
     }
     let Some((file_type, mime)) = sniff(&data) else {
@@ -180,8 +163,7 @@ async fn answer(
     let question: String = question
         .filter(|q: &String| !q.trim().is_empty())
         .unwrap_or_else(|| "What is in this picture?".into());
-    let Some(tools) = app.sessions.get(&device_id).filter(|e| e.session_id == session_id).and_then(|e| e.mcp)
-    else {
+    let Some(session) = app.sessions.get_session(&device_id, &session_id) else {
         return refuse(
             StatusCode::CONFLICT,
             "the session this token was issued to is not live on this gateway",
@@ -201,6 +183,15 @@ async fn answer(
         }
     };
     tracing::info!(bytes = data.len(), file_type, "vision upload answered");
-    tools.attach_image(VisionImage { data, file_type, question, answer: kept });
+    let (done, taken) = tokio::sync::oneshot::channel();
+    let image = VisionImage { data, file_type, question, answer: kept };
+    let handed = tokio::time::timeout(HAND_OVER, async {
+        session.send(SessionCommand::AttachImage { image, done }).await.ok()?;
+        taken.await.ok()?.ok()
+    });
+    if handed.await.ok().flatten().is_none() {
+        // The answer still helps the model; only the kept copy is lost with the session.
+        tracing::warn!("the session ended before it took the image; the image is not kept");
+    }
     (status, Json(body)).into_response()
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use xiaozhi_gateway::config::Settings;
 use xiaozhi_gateway::loadtest::{LoadtestArgs, run};
 use xiaozhi_gateway::pipeline::echo::EchoPipeline;
-use xiaozhi_gateway::server::{AppState, Server};
+use xiaozhi_gateway::startup::Application;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_devices_for_fifteen_seconds_without_a_failed_turn() {
@@ -17,10 +17,9 @@ async fn fifty_devices_for_fifteen_seconds_without_a_failed_turn() {
         data_dir: data.path().to_owned(),
         ..Settings::default()
     };
-    let app = AppState::start(settings.clone(), Arc::new(EchoPipeline::new())).await.unwrap();
-    let server = Server::bind(app.clone()).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.serve());
+    let server = Application::build_with(settings.clone(), Arc::new(EchoPipeline::new())).await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.run_until_stopped());
     let args = LoadtestArgs {
         url: format!("ws://{addr}/xiaozhi/v1/"),
         devices: 50,

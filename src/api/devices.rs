@@ -2,8 +2,6 @@
 //! knows of each device (with its totals and whether it is connected now) and activity per
 //! day.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -11,13 +9,12 @@ use chrono::{Duration, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, params};
-use crate::server::AppState;
+use super::{ApiError, ApiResult, ApiState, params};
 use crate::store::devices::{DeviceSummary, decode_device_cursor};
 use crate::store::stats::MAX_DAYS;
 
 /// A device as the API shows it: the stored summary and the live session, if any.
-fn device_json(app: &AppState, d: DeviceSummary) -> Value {
+fn device_json(app: &ApiState, d: DeviceSummary) -> Value {
     let live = app.sessions.get(&d.device_id).map(|e| e.session_id);
     let mut v = serde_json::to_value(d).unwrap_or_default();
     v["online"] = json!(live.is_some());
@@ -33,7 +30,7 @@ pub(super) struct DevicesParams {
 }
 
 pub(super) async fn list_devices(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Query(p): Query<DevicesParams>,
 ) -> ApiResult<Json<Value>> {
     let limit = params::limit(p.limit.as_deref(), 20, 100)?;
@@ -51,7 +48,7 @@ pub(super) async fn list_devices(
 }
 
 pub(super) async fn get_device(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Path(device): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let device = device.to_ascii_lowercase();
@@ -72,7 +69,7 @@ pub(super) struct StatsParams {
 /// Days from `from` (inclusive, default 29 days before `to`'s day) to `to` (exclusive,
 /// default the end of today, UTC).
 pub(super) async fn stats(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Query(p): Query<StatsParams>,
 ) -> ApiResult<Json<Value>> {
     if !matches!(p.bucket.as_deref(), None | Some("") | Some("day")) {

@@ -1,17 +1,14 @@
 //! `GET /api/export` (messages as JSON lines or CSV, streamed: constant memory, any size)
 //! and `GET /api/conversations/{session_id}/export` (one conversation as a `.zip`).
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiError, ApiResult, params, parse_uuid};
+use super::{ApiError, ApiResult, ApiState, params, parse_uuid};
 use crate::export::{ExportError, ExportFormat, MessageExport, conversation_zip};
-use crate::server::AppState;
 use crate::store::export::ExportFilter;
 
 #[derive(Deserialize)]
@@ -23,7 +20,7 @@ pub(super) struct ExportParams {
 }
 
 pub(super) async fn export_messages(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Query(p): Query<ExportParams>,
 ) -> ApiResult<Response> {
     let format = match p.format.as_deref().filter(|f| !f.is_empty()) {
@@ -62,7 +59,7 @@ pub(super) async fn export_messages(
 }
 
 pub(super) async fn export_conversation(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = parse_uuid(&id, "session_id")?;

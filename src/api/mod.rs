@@ -22,11 +22,16 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::server::AppState;
-use crate::session::registry::{CommandError, SessionCommand};
+use crate::config::Settings;
+use crate::devices::DeviceRegistry;
+use crate::session::registry::{CommandError, SessionCommand, SessionRegistry};
+use crate::store::Store;
 use crate::store::StoreError;
 use crate::store::model::StoredMessage;
 use crate::store::queries::decode_cursor;
+use crate::store::writer::StoreWriter;
+use crate::uploads::pool::UploadPool;
+use crate::uploads::storage::ClipStorage;
 
 mod devices;
 mod export;
@@ -65,8 +70,24 @@ impl From<StoreError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// What the admin API uses of the gateway.
+#[derive(Clone)]
+pub struct ApiState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    /// Waited on (flushed) before reads that must see a session's last turn.
+    pub writer: StoreWriter,
+    pub storage: ClipStorage,
+    pub uploads: UploadPool,
+    pub devices: Arc<DeviceRegistry>,
+    pub sessions: Arc<SessionRegistry>,
+}
+
 /// The `/api` routes.
-pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
+pub fn router<S>(api: ApiState) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/api/conversations", get(list_conversations))
@@ -83,13 +104,14 @@ pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/devices/{device_id}/data", delete(forget_device))
         .route("/api/devices/{device_id}/say", post(say))
         .route("/api/devices/{device_id}/activate", post(activate))
-        .layer(middleware::from_fn_with_state(app, require_admin))
+        .layer(middleware::from_fn_with_state(api.clone(), require_admin))
+        .with_state(api)
 }
 
 /// 404 when the API is disabled, 401 without the right bearer token (compared in constant
 /// time over digests, so its length does not leak either).
 async fn require_admin(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     headers: HeaderMap,
     req: Request,
     next: Next,
@@ -129,7 +151,7 @@ struct ListQuery {
 }
 
 async fn list_conversations(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = match q.limit.as_deref() {
@@ -149,10 +171,7 @@ async fn list_conversations(
     Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
 }
 
-async fn get_conversation(
-    State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn get_conversation(State(app): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id, "session_id")?;
     match app.store.session(id).await? {
         Some(s) => Ok(Json(serde_json::to_value(s).unwrap_or_default())),
@@ -163,31 +182,18 @@ async fn get_conversation(
 /// Closes the device's live session (if any, or only the one with `session_id`) and waits until
 /// everything it handed to the store is written, so a deletion that follows is not undone by a
 /// turn still in the queue.
-async fn settle(app: &AppState, device: Option<&str>, session_id: Option<Uuid>) {
-    let live: Vec<(String, String, tokio::sync::mpsc::Sender<SessionCommand>)> = app
-        .sessions
-        .iter_device_ids()
-        .into_iter()
-        .filter(|d| device.is_none_or(|x| x == d))
-        .filter_map(|d| app.sessions.get(&d).map(|e| (d, e.session_id, e.commands)))
-        .filter(|(_, s, _)| session_id.is_none_or(|id| *s == id.to_string()))
-        .collect();
-    for (_, _, commands) in &live {
-        let _ = commands.try_send(SessionCommand::Close);
+async fn settle(app: &ApiState, device: Option<&str>, session_id: Option<Uuid>) {
+    let session_id = session_id.map(|id| id.to_string());
+    let live = app.sessions.matching(device, session_id.as_deref());
+    for entry in &live {
+        let _ = entry.try_send(SessionCommand::Close);
     }
-    for _ in 0..40 {
-        if live.iter().all(|(d, s, _)| app.sessions.get(d).is_none_or(|now| now.session_id != *s)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ended = futures_util::future::join_all(live.iter().map(|e| e.ended()));
+    let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), app.writer.flush()).await;
 }
 
-async fn delete_conversation(
-    State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn delete_conversation(State(app): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id = parse_uuid(&id, "session_id")?;
     settle(&app, None, Some(id)).await;
     if app.store.delete_session(id).await? {
@@ -199,7 +205,7 @@ async fn delete_conversation(
 }
 
 async fn conversation_messages(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id, "session_id")?;
@@ -228,7 +234,7 @@ fn message_json(m: StoredMessage, audio_url: Option<String>) -> Value {
 }
 
 /// A presigned URL for an uploaded clip in S3; otherwise the gateway's own `/api/audio/{id}`.
-async fn audio_url(app: &AppState, file_id: Uuid, key: &str, status: &str, expiry: Duration) -> String {
+async fn audio_url(app: &ApiState, file_id: Uuid, key: &str, status: &str, expiry: Duration) -> String {
     if status == "uploaded"
         && let Ok(Some(url)) = app.storage.presigned_get(key, expiry).await
     {
@@ -237,7 +243,7 @@ async fn audio_url(app: &AppState, file_id: Uuid, key: &str, status: &str, expir
     format!("/api/audio/{file_id}")
 }
 
-async fn audio(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn audio(State(app): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_uuid(&id, "file_id")?;
     let clip =
         app.store.clip(id).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such clip"))?;
@@ -260,7 +266,7 @@ async fn audio(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> ApiR
     }
 }
 
-async fn get_prompt(State(app): State<Arc<AppState>>, Path(device): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_prompt(State(app): State<ApiState>, Path(device): Path<String>) -> ApiResult<Json<Value>> {
     let device = device.to_ascii_lowercase();
     match app.store.system_prompt(&device).await? {
         Some(prompt) => Ok(Json(json!({ "device_id": device, "prompt": prompt }))),
@@ -284,7 +290,7 @@ struct PromptBody {
 }
 
 async fn put_prompt(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Path(device): Path<String>,
     body: Result<Json<PromptBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -300,10 +306,7 @@ async fn put_prompt(
     Ok(Json(json!({ "device_id": device, "prompt": body.prompt })))
 }
 
-async fn forget_device(
-    State(app): State<Arc<AppState>>,
-    Path(device): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn forget_device(State(app): State<ApiState>, Path(device): Path<String>) -> ApiResult<Json<Value>> {
     let device = device.to_ascii_lowercase();
     settle(&app, Some(&device), None).await;
     let sessions = app.store.delete_device_data(&device).await?;
@@ -320,7 +323,7 @@ struct ActivateBody {
 /// Approves a device's activation with the code it displays; persisted, so a restart does
 /// not ask again.
 async fn activate(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Path(device): Path<String>,
     body: Result<Json<ActivateBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -360,7 +363,7 @@ struct SayBody {
 }
 
 async fn say(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Path(device): Path<String>,
     body: Result<Json<SayBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -380,7 +383,7 @@ async fn say(
     let (done, result) = tokio::sync::oneshot::channel();
     let gone = || ApiError::new(StatusCode::NOT_FOUND, "the device disconnected");
     let busy = || ApiError::new(StatusCode::CONFLICT, "the device's session is not answering");
-    tokio::time::timeout(Duration::from_secs(5), entry.commands.send(SessionCommand::Say { text, done }))
+    tokio::time::timeout(Duration::from_secs(5), entry.send(SessionCommand::Say { text, done }))
         .await
         .map_err(|_| busy())?
         .map_err(|_| gone())?;

@@ -1,7 +1,6 @@
 //! `GET /api/search`: messages by a piece of their text, newest first, each with its
 //! conversation, a highlighted snippet and its clip's URL.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,8 +9,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, audio_url, message_json, params};
-use crate::server::AppState;
+use super::{ApiError, ApiResult, ApiState, audio_url, message_json, params};
 use crate::store::model::Role;
 use crate::store::search::{MAX_QUERY_CHARS, SearchQuery};
 
@@ -27,7 +25,7 @@ pub(super) struct SearchParams {
 }
 
 pub(super) async fn search(
-    State(app): State<Arc<AppState>>,
+    State(app): State<ApiState>,
     Query(p): Query<SearchParams>,
 ) -> ApiResult<Json<Value>> {
     let text = p.q.unwrap_or_default();

@@ -2,14 +2,10 @@
 //! binary (no build step, no CDN, works offline), served without authentication; the page
 //! signs in with the admin token and then uses only the documented admin API.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
-
-use crate::server::AppState;
 
 const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("app.js");
@@ -22,7 +18,10 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 }
 
 /// The `/console` routes.
-pub fn router() -> Router<Arc<AppState>> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/console", get(|| async { Redirect::permanent("/console/") }))
         .route("/console/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))

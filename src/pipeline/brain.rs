@@ -43,7 +43,7 @@ use super::providers::{ProviderConfig, ProviderError};
 use super::sentences::SentenceSplitter;
 use super::{BoxFuture, Pipeline, PipelineError, Reply, ToolExchange, Turn, TurnInput};
 use crate::audio::opus::UplinkDecoder;
-use crate::session::mcp::McpClient;
+use crate::conversation::DeviceTools;
 use crate::store::Store;
 use crate::store::model::Role;
 use crate::telemetry::metrics::{Metrics, Stage};
@@ -486,10 +486,10 @@ impl Brain {
     async fn run_tool(
         &self,
         call: &ToolCall,
-        device: Option<&McpClient>,
+        device: Option<&dyn DeviceTools>,
         device_names: &std::collections::HashMap<String, String>,
         thought: &mut Thought,
-    ) -> (String, Vec<crate::vision::VisionImage>) {
+    ) -> (String, Vec<crate::conversation::VisionImage>) {
         tracing::info!(tool = %call.name, "tool call");
         match call.name.as_str() {
             TOOL_TIME => (chrono::Local::now().format("%Y-%m-%d %H:%M:%S %:z (%A)").to_string(), Vec::new()),
@@ -520,7 +520,9 @@ impl Brain {
 }
 /// The functions offered to the model and the map from function names back to device tool
 /// names (function names allow only letters, digits, `_` and `-`).
-fn tool_specs(device: Option<&McpClient>) -> (Vec<ToolSpec>, std::collections::HashMap<String, String>) {
+fn tool_specs(
+    device: Option<&dyn DeviceTools>,
+) -> (Vec<ToolSpec>, std::collections::HashMap<String, String>) {
     let mut specs = vec![
         ToolSpec {
             name: TOOL_TIME.into(),
@@ -534,7 +536,7 @@ fn tool_specs(device: Option<&McpClient>) -> (Vec<ToolSpec>, std::collections::H
         },
     ];
     let mut names = std::collections::HashMap::new();
-    for t in device.map(McpClient::tools).unwrap_or_default() {
+    for t in device.map(|d| d.tools()).unwrap_or_default() {
         let safe: String = t
             .name
             .chars()

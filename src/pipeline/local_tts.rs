@@ -13,12 +13,7 @@ use crate::audio::ogg::ClipFormat;
 use crate::audio::opus::FrameEncoder;
 use crate::audio::resample::resample;
 
-/// Synthesized speech as Opus packets at the downlink rate.
-#[derive(Debug, Clone)]
-pub struct Speech {
-    pub packets: Vec<Bytes>,
-    pub format: ClipFormat,
-}
+pub use crate::conversation::Speech;
 
 /// The local synthesizer.
 #[derive(Debug, Clone)]

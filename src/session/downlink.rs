@@ -4,35 +4,18 @@
 //! A cancelled reply's queued frames are dropped without being sent.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
 use firmware_protocol::frame::{self, ProtocolVersion};
 use firmware_protocol::{ServerMessage, TtsState};
-use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-/// What the session (or a reply it runs) asks the writer to do.
-#[derive(Debug)]
-pub enum Downlink {
-    /// A JSON message, sent as soon as everything before it was sent.
-    Text(String),
-    /// A JSON message of reply `reply`: dropped, like its audio, once the reply is cancelled
-    /// (so nothing of an interrupted reply reaches the device after its `tts stop`).
-    ReplyText { reply: u64, text: String },
-    /// Opus packets of reply `reply`, each with how long it lasts, paced one by one. A
-    /// producer that has a whole sentence (or utterance) hands it over in one command, so it
-    /// is not woken again for every frame the writer sends.
-    Audio { reply: u64, packets: Vec<(Bytes, Duration)>, progress: Arc<ReplyProgress> },
-    /// Reply `reply` has no more audio: send `tts stop` once it has played, then report back.
-    EndOfReply { reply: u64, progress: Arc<ReplyProgress> },
-    /// Send a Close frame and stop.
-    Close { code: u16, reason: &'static str },
-}
+use crate::conversation::{Downlink, ReplyProgress};
 
 /// What the writer tells the session.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,21 +24,6 @@ pub enum WriterEvent {
     PlaybackDone { reply: u64 },
     /// The socket refused a write; the session should end.
     SocketFailed,
-}
-
-/// What the writer reports about one reply while sending it.
-#[derive(Debug, Default)]
-pub struct ReplyProgress {
-    /// The reply's packets that actually went out (what the device heard if it is cut short).
-    pub sent: AtomicUsize,
-    /// When the user's turn ended, and where to record the time to the first reply frame.
-    pub first_audio: Option<(Instant, metrics::Histogram)>,
-    /// Set by the pipeline: close the session once this reply has played.
-    pub end_conversation: std::sync::atomic::AtomicBool,
-    /// Notified when the writer is done with the reply: played to its end (or cut short).
-    pub played: tokio::sync::Notify,
-    /// Set when the reply has played to its end, just before its `tts stop` is sent.
-    pub completed: std::sync::atomic::AtomicBool,
 }
 
 /// Counters the writer keeps for its session.
@@ -101,9 +69,9 @@ enum Sent {
 
 impl Pacer {
     /// Sends one reply's packets, each at its due time, until done or cancelled.
-    async fn audio(
+    async fn audio<S: Sink<Message> + Unpin>(
         &mut self,
-        sink: &mut SplitSink<WebSocket, Message>,
+        sink: &mut S,
         cancelled: &mut watch::Receiver<u64>,
         reply: u64,
         packets: Vec<(Bytes, Duration)>,
@@ -178,8 +146,8 @@ fn is_cancelled(rx: &watch::Receiver<u64>, reply: u64) -> bool {
 }
 
 /// Runs the writer until the channel closes, a Close is sent, or the socket fails.
-pub async fn run(
-    mut sink: SplitSink<WebSocket, Message>,
+pub(crate) async fn run<S: Sink<Message> + Unpin>(
+    mut sink: S,
     mut rx: mpsc::Receiver<Downlink>,
     mut cancelled: watch::Receiver<u64>,
     events: mpsc::UnboundedSender<WriterEvent>,
@@ -244,7 +212,7 @@ pub async fn run(
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends one message, failing after [`WRITE_TIMEOUT`].
-async fn send(sink: &mut SplitSink<WebSocket, Message>, msg: Message) -> Result<(), ()> {
+async fn send<S: Sink<Message> + Unpin>(sink: &mut S, msg: Message) -> Result<(), ()> {
     match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),

@@ -13,7 +13,7 @@ use firmware_protocol::mcp::{CallResult, Request, Response, Tool, ToolsPage};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::downlink::Downlink;
+use crate::conversation::{BoxFuture, DeviceTools, Downlink, ToolError, VisionImage};
 
 /// At most this many tools are offered to the model (a device listing thousands is cut).
 pub const MAX_TOOLS: usize = 64;
@@ -22,29 +22,16 @@ const MAX_IMAGES: usize = 4;
 /// At most this many `tools/list` pages are fetched.
 const MAX_PAGES: usize = 16;
 
-/// Why a device tool call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ToolError {
-    #[error("the device did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the device reported: {0}")]
-    Device(String),
-    #[error("the session has ended")]
-    Gone,
-    #[error("malformed answer: {0}")]
-    Malformed(String),
-}
-
 /// One session's MCP client.
 #[derive(Debug)]
-pub struct McpClient {
+pub(crate) struct McpClient {
     tx: mpsc::Sender<Downlink>,
     next_id: AtomicI64,
     pending: Mutex<HashMap<i64, oneshot::Sender<Response>>>,
     tools: Mutex<Vec<Tool>>,
     /// Images the device uploaded to the vision endpoint during a tool call, until the brain
     /// takes them for that call's record.
-    images: Mutex<Vec<crate::vision::VisionImage>>,
+    images: Mutex<Vec<VisionImage>>,
 }
 
 impl McpClient {
@@ -58,13 +45,8 @@ impl McpClient {
         }
     }
 
-    /// The device's tools, as listed.
-    pub fn tools(&self) -> Vec<Tool> {
-        self.tools.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     /// Keeps an image the device uploaded (the vision endpoint calls this).
-    pub fn attach_image(&self, image: crate::vision::VisionImage) {
+    pub fn attach_image(&self, image: VisionImage) {
         let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
         // A device uploads one photo per call; a runaway one does not grow memory for ever.
         if images.len() < MAX_IMAGES {
@@ -72,11 +54,6 @@ impl McpClient {
         } else {
             tracing::warn!("too many vision uploads in one call; image not kept");
         }
-    }
-
-    /// The images uploaded since the last call of this.
-    pub fn take_images(&self) -> Vec<crate::vision::VisionImage> {
-        std::mem::take(&mut *self.images.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Hands a response from the device to whoever waits for it.
@@ -141,13 +118,29 @@ impl McpClient {
         *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = tools;
         Ok(n)
     }
+}
 
-    /// Calls a device tool and returns its text result.
-    pub async fn call(&self, name: &str, arguments: Value, timeout: Duration) -> Result<String, ToolError> {
-        let params = serde_json::json!({ "name": name, "arguments": arguments });
-        let v = self.request("tools/call", params, timeout).await?;
-        let result: CallResult =
-            serde_json::from_value(v).map_err(|e| ToolError::Malformed(e.to_string()))?;
-        if result.is_error { Err(ToolError::Device(result.text())) } else { Ok(result.text()) }
+impl DeviceTools for McpClient {
+    fn tools(&self) -> Vec<Tool> {
+        self.tools.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn call<'a>(
+        &'a self,
+        name: &'a str,
+        arguments: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<String, ToolError>> {
+        Box::pin(async move {
+            let params = serde_json::json!({ "name": name, "arguments": arguments });
+            let v = self.request("tools/call", params, timeout).await?;
+            let result: CallResult =
+                serde_json::from_value(v).map_err(|e| ToolError::Malformed(e.to_string()))?;
+            if result.is_error { Err(ToolError::Device(result.text())) } else { Ok(result.text()) }
+        })
+    }
+
+    fn take_images(&self) -> Vec<VisionImage> {
+        std::mem::take(&mut *self.images.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

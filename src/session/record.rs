@@ -13,9 +13,8 @@ use uuid::Uuid;
 use crate::audio::ogg::{self, ClipFormat, DEFAULT_PRE_SKIP};
 use crate::audio::opus::UplinkDecoder;
 use crate::config::ClipFileFormat;
-use crate::pipeline::{Reply, Utterance};
+use crate::conversation::{Reply, Utterance, VisionImage};
 use crate::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, SourceType, TurnRecord};
-use crate::vision::VisionImage;
 
 /// Sequence numbers reserved per turn of a tool-using brain: the user's message, tool calls and
 /// results, the answer.

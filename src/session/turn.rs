@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::audio::opus::UplinkDecoder;
 use crate::audio::vad::{Endpoint, Endpointer, Verdict, VoiceDetector};
-use crate::pipeline::Utterance;
+use crate::conversation::Utterance;
 
 /// Byte budget per second of the utterance cap (Opus speech is ~2 KB/s; the browser's CELT
 /// packets ~40 KB/s stay well under the cap's total for real turns).
@@ -64,10 +64,6 @@ impl TurnBuffer {
             vad_threshold,
             silence_window,
         }
-    }
-
-    pub fn duration(&self) -> Duration {
-        self.duration
     }
 
     pub fn is_empty(&self) -> bool {

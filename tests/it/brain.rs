@@ -6,8 +6,7 @@ use std::time::Duration;
 use firmware_protocol::{ListenMode, ListenState, ServerMessage, TtsState};
 use xiaozhi_gateway::client::{DeviceClient, Event};
 use xiaozhi_gateway::config::Settings;
-use xiaozhi_gateway::server::AppState;
-use xiaozhi_gateway::server::Server;
+use xiaozhi_gateway::startup::Application;
 use xiaozhi_gateway::store::model::Role;
 
 use crate::fake_openai::{AsrScript, ChatScript, FakeOpenAi, SpeechScript, StreamEnd};
@@ -36,10 +35,9 @@ pub async fn spawn_brain_with(
     settings.brain.llm_api_key = Some("llm-key".into());
     settings.brain.provider_timeout_secs = 5;
     adjust(&mut settings);
-    let app = AppState::start_configured(settings).await.expect("gateway with a brain starts");
-    let server = Server::bind(app.clone()).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.serve());
+    let server = Application::build(settings).await.expect("gateway with a brain starts");
+    let (addr, app) = (server.local_addr(), server.state());
+    tokio::spawn(server.run_until_stopped());
     (TestApp::from_parts(addr, app), data)
 }
 

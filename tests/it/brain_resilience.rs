@@ -283,7 +283,7 @@ async fn thousands_of_device_tools_are_cut_to_a_bounded_list() {
     let offered = fake.requests_to("/chat/completions")[0].json_field("tools").as_array().unwrap().len();
     assert_eq!(
         offered,
-        xiaozhi_gateway::session::mcp::MAX_TOOLS + 2,
+        xiaozhi_gateway::session::MAX_DEVICE_TOOLS + 2,
         "device tools capped, server tools kept"
     );
 }

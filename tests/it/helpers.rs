@@ -11,7 +11,8 @@ use xiaozhi_gateway::audio::opus::FrameEncoder;
 use xiaozhi_gateway::client::{DeviceClient, DeviceConfig, DeviceReceiver, Event};
 use xiaozhi_gateway::config::Settings;
 use xiaozhi_gateway::pipeline::echo::EchoPipeline;
-use xiaozhi_gateway::server::{AppState, Server};
+use xiaozhi_gateway::server::AppState;
+use xiaozhi_gateway::startup::Application;
 
 /// A gateway running in the test's runtime.
 pub struct TestApp {
@@ -61,10 +62,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     settings.session.vad_silence_ms = 400;
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
-    let app = AppState::start(settings.clone(), Arc::new(EchoPipeline::new())).await.expect("gateway starts");
-    let server = Server::bind(app.clone()).await.expect("bind");
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.serve());
+    let server = Application::build_with(settings.clone(), Arc::new(EchoPipeline::new()))
+        .await
+        .expect("gateway starts");
+    let (addr, app) = (server.local_addr(), server.state());
+    tokio::spawn(server.run_until_stopped());
     TestApp { addr, app, _data: data }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: a real gateway on a random port, driven by real clients.
 //! One binary for every integration test (faster to build than one per file).
+#![allow(clippy::disallowed_types)] // the session-only rule of clippy.toml
 
 mod admin_api;
 mod bad_input;

@@ -120,15 +120,14 @@ async fn ota_offers_configured_url_firmware_activation_and_version() {
     assert!(v.get("activation").is_none(), "an activated device is not asked again: {v}");
 
     // The approval is kept in the store: a restarted gateway does not ask again.
-    let restarted = xiaozhi_gateway::server::AppState::start(
-        app.app.settings.clone(),
+    let server = xiaozhi_gateway::startup::Application::build_with(
+        (*app.app.settings).clone(),
         std::sync::Arc::new(xiaozhi_gateway::pipeline::echo::EchoPipeline::new()),
     )
     .await
     .unwrap();
-    let server = xiaozhi_gateway::server::Server::bind(restarted.clone()).await.unwrap();
-    let again = TestApp::from_parts(server.local_addr().unwrap(), restarted);
-    tokio::spawn(server.serve());
+    let again = TestApp::from_parts(server.local_addr(), server.state());
+    tokio::spawn(server.run_until_stopped());
     let (_, v) = ota(&again, Some("a0:b1:c2:d3:e4:f5"), firmware_ota_body().to_string()).await;
     assert!(v.get("activation").is_none(), "activation survives a restart: {v}");
     let (_, v) = ota(&again, Some("a0:b1:c2:d3:e4:f6"), firmware_ota_body().to_string()).await;

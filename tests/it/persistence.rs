@@ -195,8 +195,10 @@ async fn retention_removes_expired_rows_and_their_objects() {
     let (old_turn, fresh_turn) = (turn(&old, 0, old_day), turn(&fresh, 0, now));
 
     // Without retention: both turns are kept and their clips uploaded.
-    let keep =
-        xiaozhi_gateway::server::AppState::start(settings(0), Arc::new(EchoPipeline::new())).await.unwrap();
+    let keep = xiaozhi_gateway::startup::Application::build_with(settings(0), Arc::new(EchoPipeline::new()))
+        .await
+        .unwrap()
+        .state();
     keep.store.write_turn(old_turn.clone()).await.unwrap();
     keep.store.write_turn(fresh_turn.clone()).await.unwrap();
     let all: Vec<_> = old_turn.clips.iter().chain(&fresh_turn.clips).collect();
@@ -210,8 +212,10 @@ async fn retention_removes_expired_rows_and_their_objects() {
     keep.shutdown.cancel();
 
     // A gateway with 30 days of retention: the 40-day-old turn goes, rows and objects.
-    let app =
-        xiaozhi_gateway::server::AppState::start(settings(30), Arc::new(EchoPipeline::new())).await.unwrap();
+    let app = xiaozhi_gateway::startup::Application::build_with(settings(30), Arc::new(EchoPipeline::new()))
+        .await
+        .unwrap()
+        .state();
     let gone = |c: &&xiaozhi_gateway::store::model::ClipRecord| !objects.join(&c.object_key).exists();
     for _ in 0..100 {
         if old_turn.clips.iter().all(|c| gone(&c)) {

@@ -15,6 +15,7 @@
 pub mod asr;
 pub mod llm;
 pub mod tts;
+pub mod vision;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use super::{ProviderConfig, ProviderError, authorize, http_client, join_error, r
 use crate::audio::ogg::{ClipFormat, DEFAULT_PRE_SKIP};
 use crate::audio::opus::FrameEncoder;
 use crate::audio::resample::resample;
-use crate::pipeline::local_tts::Speech;
+use crate::conversation::Speech;
 
 /// The rate of `response_format: "pcm"` audio.
 pub const PCM_RATE: u32 = 24_000;
