@@ -95,6 +95,7 @@ settings_table! {
     "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing).";
     "MINIO_REGION" => "storage.region", "us-east-1", "S3 region.";
     "XIAOZHI_CLIP_FORMAT" => "storage.clip_format", "ogg", "Clip files: ogg (the packets as sent, no transcoding) or wav (decoded 16-bit PCM).";
+    "XIAOZHI_KEEP_AUDIO" => "storage.keep_audio", "all", "Which audio clips are kept: all, user (the device's speech only) or none. Messages (text) are always kept, and camera images.";
     "XIAOZHI_UPLOAD_WORKERS" => "storage.upload_workers", "4", "Upload workers per gateway process.";
     "XIAOZHI_UPLOAD_MAX_ATTEMPTS" => "storage.upload_max_attempts", "12", "Attempts before a clip is marked failed (it stays staged and visible).";
     "XIAOZHI_UPLOAD_BACKOFF_MAX_SECS" => "storage.upload_backoff_max_secs", "300", "Longest wait between upload attempts (exponential backoff with jitter up to this).";
@@ -276,6 +277,7 @@ pub struct StorageSettings {
     #[serde(deserialize_with = "lenient_string")]
     pub region: String,
     pub clip_format: ClipFileFormat,
+    pub keep_audio: KeepAudio,
     pub upload_workers: usize,
     pub upload_max_attempts: u32,
     pub upload_backoff_max_secs: u64,
@@ -293,6 +295,20 @@ pub enum ClipFileFormat {
     Wav,
 }
 
+/// Which audio clips are kept (`XIAOZHI_KEEP_AUDIO`, the starting design's
+/// `enable_audio_storage`); text is always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAudio {
+    /// The device's speech and the synthesized replies.
+    #[default]
+    All,
+    /// Only the device's speech.
+    User,
+    /// No audio (camera images are still kept).
+    None,
+}
+
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
@@ -303,6 +319,7 @@ impl Default for StorageSettings {
             bucket: "xiaozhi-audio".into(),
             region: "us-east-1".into(),
             clip_format: ClipFileFormat::Ogg,
+            keep_audio: KeepAudio::All,
             upload_workers: 4,
             upload_max_attempts: 12,
             upload_backoff_max_secs: 300,
@@ -808,6 +825,7 @@ mod tests {
             "wav",
             "require",
             "aa:bb:cc:dd:ee:ff",
+            "user",
         ];
         for doc in SETTINGS {
             let before = documented(&base_settings, doc.key);

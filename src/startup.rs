@@ -155,6 +155,7 @@ async fn assemble_state(
     writer_config.max_queue_bytes = settings.database.queue_mb << 20;
     writer_config.on_commit = Some(wake_uploads.clone());
     writer_config.commit_latency = Some(metrics.store_commit.clone());
+    writer_config.keep_audio = settings.storage.keep_audio;
     let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
     let pipeline = match pipeline {
         Some(p) => p,

@@ -9,6 +9,7 @@
 //! * [`retention`]: the scheduled deletion of expired conversations.
 //! * [`search`]: finding messages by their text (trigram indexes on both backends).
 //! * [`devices`] and [`stats`]: the operator's views of devices and of activity per day.
+//! * [`keep`]: which clips are kept (`XIAOZHI_KEEP_AUDIO`), user clips' transcriptions.
 //! * [`export`]: messages in batches, oldest first, for exports of any size.
 //!
 //! Both backends run the same SQL text (written with `$N` placeholders, rewritten to `?N` for
@@ -18,6 +19,7 @@
 
 pub mod devices;
 pub mod export;
+pub mod keep;
 pub mod model;
 pub mod outbox;
 pub mod queries;

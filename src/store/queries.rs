@@ -68,6 +68,7 @@ macro_rules! clip_from_row {
             sample_rate: r.try_get("sample_rate")?,
             channels: r.try_get("channels")?,
             source_type: r.try_get("source_type")?,
+            transcription: r.try_get("transcription")?,
             checksum: r.try_get("checksum")?,
             upload_status: r.try_get("upload_status")?,
             upload_attempts: r.try_get("upload_attempts")?,
@@ -79,7 +80,7 @@ macro_rules! clip_from_row {
 }
 
 const CLIP_COLUMNS: &str = "file_id, session_id, message_id, device_id, bucket_name, object_key, file_type, file_size, \
-     duration_ms, sample_rate, channels, source_type, checksum, upload_status, upload_attempts, last_error, \
+     duration_ms, sample_rate, channels, source_type, transcription, checksum, upload_status, upload_attempts, last_error, \
      uploaded_at, created_at";
 
 const SESSION_COLUMNS: &str = "s.session_id, s.device_id, s.agent_id, s.started_at, s.ended_at, s.status, s.metadata, \

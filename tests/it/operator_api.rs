@@ -194,3 +194,23 @@ async fn exports_stream_messages_and_zip_a_conversation_with_its_clips() {
     let o = run(&["--from", "next tuesday", "-o", "x"]);
     assert_eq!(o.status.code(), Some(2), "a bad argument is a usage error");
 }
+
+/// `XIAOZHI_KEEP_AUDIO=user` on a running gateway: the device's speech is kept and uploaded,
+/// the reply's audio is not; both messages are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_audio_user_keeps_only_the_devices_speech() {
+    use xiaozhi_gateway::config::KeepAudio;
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.admin.token = Some(TOKEN.into());
+        s.storage.keep_audio = KeepAudio::User;
+    })
+    .await;
+    let (dev, _device, sid, clips) = voice_conversation(&app).await;
+    assert_eq!(clips.iter().map(|c| c.source_type.as_str()).collect::<Vec<_>>(), ["user"]);
+    let api = Api::new(&app, Some(TOKEN)).await;
+    let (_, m) = api.call(Method::GET, &format!("/api/conversations/{sid}/messages"), None).await;
+    let items = m["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items[0]["audio_url"].is_string() && items[1]["audio_url"].is_null(), "{m}");
+    drop(dev);
+}

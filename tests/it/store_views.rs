@@ -173,7 +173,52 @@ async fn export_reads_everything_oldest_first_in_batches(db: TestDb) {
     assert_eq!(lines[31]["session_id"], sb.session_id.to_string());
 }
 
+/// `XIAOZHI_KEEP_AUDIO`: the writer keeps every clip, the user's only, or none; text always;
+/// the user clip carries what was recognized.
+async fn the_writer_keeps_the_clips_the_setting_asks_for(db: TestDb) {
+    use xiaozhi_gateway::config::KeepAudio;
+    use xiaozhi_gateway::store::writer::{StoreWriter, WriterConfig};
+    for (keep, sources) in
+        [(KeepAudio::All, vec!["tts", "user"]), (KeepAudio::User, vec!["user"]), (KeepAudio::None, vec![])]
+    {
+        let mut cfg = WriterConfig::new(db.dir.path());
+        cfg.keep_audio = keep;
+        let (writer, _task) = StoreWriter::start(db.store.clone(), cfg);
+        let s = session("aa:00:00:00:50:01", Utc::now());
+        writer.submit(StoreOp::Turn(Box::new(said(&s, 0, Utc::now(), "你好，小智", "你好！"))));
+        writer.flush().await;
+        let messages = db.store.session_messages(s.session_id).await.unwrap();
+        assert_eq!(
+            messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            ["你好，小智", "你好！"],
+            "{keep:?}: text always kept"
+        );
+        let clips = db.store.session_clips(s.session_id).await.unwrap();
+        let mut kept: Vec<&str> = clips.iter().map(|c| c.source_type.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, sources, "{keep:?}");
+        for m in &messages {
+            assert_eq!(
+                m.audio_file_id.is_some(),
+                clips.iter().any(|c| c.message_id == m.message_id),
+                "{keep:?}: links follow the clips"
+            );
+        }
+        for c in &clips {
+            let expected = (c.source_type == "user").then_some("你好，小智");
+            assert_eq!(
+                c.transcription.as_deref(),
+                expected,
+                "{keep:?}: the user clip carries its transcript"
+            );
+        }
+    }
+    let staged = db.store.count_rows(xiaozhi_gateway::store::queries::Table::Staged, None).await.unwrap();
+    assert_eq!(staged, 2 + 1, "dropped clips are not staged for upload either");
+}
+
 conformance!(
+    the_writer_keeps_the_clips_the_setting_asks_for,
     devices_are_listed_with_their_totals,
     statistics_count_each_day,
     export_reads_everything_oldest_first_in_batches,
