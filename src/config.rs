@@ -75,6 +75,9 @@ settings_table! {
     "XIAOZHI_SYSTEM_PROMPT" => "brain.system_prompt", "You are a friendly voice assistant on a small speaker. Answer briefly, in the user's language, in plain sentences without lists or markup.", "System prompt for devices without their own (set per device through the admin API).";
     "XIAOZHI_MEMORY_MESSAGES" => "brain.memory_messages", "10", "How many of the device's earlier messages go with each request.";
     "XIAOZHI_PROVIDER_TIMEOUT_SECS" => "brain.provider_timeout_secs", "30", "Per-request timeout of each provider (first byte and gaps in streams).";
+    "XIAOZHI_EMBEDDINGS_URL" => "embeddings.url", "", "OpenAI-compatible embeddings API base (e.g. https://api.openai.com/v1). Set: messages are embedded in the background (older ones too) and GET /api/search?mode=semantic searches by meaning.";
+    "XIAOZHI_EMBEDDINGS_MODEL" => "embeddings.model", "text-embedding-3-small", "Embedding model. Changing it re-embeds every message in the background.";
+    "XIAOZHI_EMBEDDINGS_API_KEY" => "embeddings.api_key", "", "Bearer key for the embeddings API.";
     "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres.";
     "DATABASE_URL" => "database.url", "", "A whole database URL; overrides the DB_* parts.";
     "DB_HOST" => "database.host", "localhost", "PostgreSQL host.";
@@ -345,6 +348,25 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub ops: OpsSettings,
     pub brain: BrainSettings,
+    pub embeddings: EmbeddingsSettings,
+}
+
+/// Search by meaning: the embeddings provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbeddingsSettings {
+    #[serde(deserialize_with = "opt_string")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub model: String,
+    #[serde(deserialize_with = "opt_string")]
+    pub api_key: Option<String>,
+}
+
+impl Default for EmbeddingsSettings {
+    fn default() -> Self {
+        Self { url: None, model: default_from_table("embeddings.model").to_owned(), api_key: None }
+    }
 }
 
 /// The conversation brain's providers.
@@ -448,6 +470,7 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             ops: OpsSettings::default(),
             brain: BrainSettings::default(),
+            embeddings: EmbeddingsSettings::default(),
         }
     }
 }

@@ -15,6 +15,7 @@
 //!   echo ("parrot") brain is the embedded default.
 //! * [`loadtest`]: `xiaozhi-gateway loadtest`, simulated talking and idle devices.
 //! * [`client`]: a simulated device (tests and the load generator).
+//! * [`embeddings`]: search by meaning: the embeddings provider and its background worker.
 //! * [`export`]: messages as JSON lines or CSV, a conversation as a `.zip` (API and CLI).
 //! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
 //! * [`uploads`]: clips to MinIO/S3 (or a local directory) by a durable background pool.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod console;
 pub mod conversation;
 pub mod devices;
+pub mod embeddings;
 pub mod export;
 pub mod loadtest;
 pub mod ota;

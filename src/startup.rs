@@ -171,6 +171,7 @@ async fn assemble_state(
         wake_uploads,
         shutdown.clone(),
     );
+    crate::embeddings::spawn(&settings.embeddings, store.clone(), shutdown.clone());
     tokio::spawn(crate::store::retention::run_schedule(
         store.clone(),
         settings.database.message_retention_days,

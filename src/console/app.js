@@ -20,7 +20,7 @@ const T = {
     nothing_live: "No device is connected.", seen_since: "Seen since", conversation: "Conversation",
     active_devices: "Active devices", speech_in: "Speech in (s)", speech_out: "Speech out (s)",
     clips: "Clips", bytes: "Bytes", failed_uploads: "Failed uploads", component: "Component", state: "State",
-    ready: "Ready", not_ready: "Not ready", mode: "Mode", text_mode: "text", time: "Time",
+    ready: "Ready", not_ready: "Not ready", mode: "Mode", text_mode: "text", semantic_mode: "meaning", time: "Time", score: "Score",
   },
   "zh-CN": {
     title: "小智网关", token: "管理令牌", signin: "登录", signout: "退出",
@@ -39,7 +39,7 @@ const T = {
     nothing_live: "没有在线设备。", seen_since: "出现于此后", conversation: "对话",
     active_devices: "活跃设备", speech_in: "输入语音（秒）", speech_out: "输出语音（秒）",
     clips: "录音", bytes: "字节", failed_uploads: "上传失败", component: "组件", state: "状态",
-    ready: "就绪", not_ready: "未就绪", mode: "方式", text_mode: "文字", time: "时间",
+    ready: "就绪", not_ready: "未就绪", mode: "方式", text_mode: "文字", semantic_mode: "语义", time: "时间", score: "相似度",
   },
 };
 const LANG = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh-CN" : "en";
@@ -210,7 +210,7 @@ const views = {
   async search() {
     const form = h("form", { class: "filters" },
       h("label", {}, t("query"), h("input", { name: "q", id: "search-q", size: 30 })),
-      h("label", {}, t("mode"), h("select", { name: "mode" }, h("option", { value: "text" }, t("text_mode")))),
+      h("label", {}, t("mode"), h("select", { name: "mode" }, h("option", { value: "text" }, t("text_mode")), h("option", { value: "semantic" }, t("semantic_mode")))),
       h("label", {}, t("device"), h("input", { name: "device_id" })),
       h("label", {}, t("role"), h("select", { name: "role" }, h("option", { value: "" }, t("any")), ["user", "assistant", "tool"].map((r) => h("option", { value: r }, r)))),
       h("label", {}, t("from"), h("input", { type: "date", name: "from" })),
@@ -219,7 +219,7 @@ const views = {
     const body = h("div", { id: "search-results" });
     const load = async (cursor, append) => {
       const f = form;
-      const page = await getJson("/api/search?" + qs({ q: f.q.value, device_id: f.device_id.value, role: f.role.value, from: f.from.value, to: f.to.value, cursor, limit: 50 }));
+      const page = await getJson("/api/search?" + qs({ q: f.q.value, mode: f.mode.value, device_id: f.device_id.value, role: f.role.value, from: f.from.value, to: f.to.value, cursor, limit: 50 }));
       const rows = page.items.map((x) => {
         const snip = h("td", { class: "snippet" });
         snip.innerHTML = x.snippet; // HTML-escaped by the gateway; only <mark> is markup

@@ -9,6 +9,7 @@
 //! * [`retention`]: the scheduled deletion of expired conversations.
 //! * [`search`]: finding messages by their text (trigram indexes on both backends).
 //! * [`devices`] and [`stats`]: the operator's views of devices and of activity per day.
+//! * [`vectors`]: message embeddings (search by meaning), scored in the gateway.
 //! * [`keep`]: which clips are kept (`XIAOZHI_KEEP_AUDIO`), user clips' transcriptions.
 //! * [`export`]: messages in batches, oldest first, for exports of any size.
 //!
@@ -26,6 +27,7 @@ pub mod queries;
 pub mod retention;
 pub mod search;
 pub mod stats;
+pub mod vectors;
 pub mod writer;
 pub mod writes;
 
@@ -194,11 +196,13 @@ fn migrations(kind: DatabaseKind) -> Vec<Migration> {
             (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
             (2, "deleted sessions", include_str!("../../migrations/postgres/0002_deleted_sessions.sql")),
             (3, "search", include_str!("../../migrations/postgres/0003_search.sql")),
+            (4, "embeddings", include_str!("../../migrations/postgres/0004_embeddings.sql")),
         ],
         DatabaseKind::Sqlite => &[
             (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
             (2, "deleted sessions", include_str!("../../migrations/sqlite/0002_deleted_sessions.sql")),
             (3, "search", include_str!("../../migrations/sqlite/0003_search.sql")),
+            (4, "embeddings", include_str!("../../migrations/sqlite/0004_embeddings.sql")),
         ],
     };
     files

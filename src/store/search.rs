@@ -49,14 +49,17 @@ pub struct SearchHit {
     /// The clip's object key and upload status, when the message has a clip.
     #[serde(skip)]
     pub clip: Option<(String, String)>,
+    /// Cosine similarity to the query (search by meaning only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
 }
 
-const HIT_COLUMNS: &str = "m.message_id, m.session_id, m.device_id, m.sequence_num, m.role, m.content, \
+pub(super) const HIT_COLUMNS: &str = "m.message_id, m.session_id, m.device_id, m.sequence_num, m.role, m.content, \
      m.multi_content, m.tool_calls, m.tool_call_id, m.audio_file_id, m.interrupted, m.created_at, \
      a.object_key AS clip_key, a.upload_status AS clip_status";
 
 /// The filters every variant shares ($1..$6) and the page size ($7).
-const FILTERS: &str = "($1 IS NULL OR m.device_id = $1) AND ($2 IS NULL OR m.role = $2) \
+pub(super) const FILTERS: &str = "($1 IS NULL OR m.device_id = $1) AND ($2 IS NULL OR m.role = $2) \
      AND ($3 IS NULL OR m.created_at >= $3) AND ($4 IS NULL OR m.created_at < $4) \
      AND ($5 IS NULL OR (m.created_at, m.message_id) < ($5, $6))";
 
@@ -187,7 +190,12 @@ impl Store {
         };
         let items = rows
             .into_iter()
-            .map(|(message, clip)| SearchHit { snippet: snippet(&message.content, text), message, clip })
+            .map(|(message, clip)| SearchHit {
+                snippet: snippet(&message.content, text),
+                message,
+                clip,
+                score: None,
+            })
             .collect();
         Ok(Page { items, next_cursor })
     }

@@ -18,6 +18,7 @@ mod persistence;
 mod providers;
 mod storage_suite;
 mod store_search;
+mod store_semantic;
 mod store_suite;
 mod store_views;
 mod turns;

@@ -214,3 +214,42 @@ async fn keep_audio_user_keeps_only_the_devices_speech() {
     assert!(items[0]["audio_url"].is_string() && items[1]["audio_url"].is_null(), "{m}");
     drop(dev);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semantic_search_through_the_api_with_embeddings_from_a_fake_provider() {
+    let fake = testkit::fake_openai::FakeOpenAi::start().await;
+    let url = fake.base_url();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.admin.token = Some(TOKEN.into());
+        s.embeddings.url = Some(url);
+        s.embeddings.model = "fake-embed".into();
+    })
+    .await;
+    let api = Api::new(&app, Some(TOKEN)).await;
+    text_conversation(&app, "今天天气怎么样").await;
+    text_conversation(&app, "play some jazz music").await;
+    app.app.writer.flush().await;
+    for _ in 0..100 {
+        if app.app.store.embedded_count("fake-embed").await.unwrap() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, page) = api.call(Method::GET, "/api/search?mode=semantic&q=天气好吗&role=user", None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"][0]["content"], "今天天气怎么样");
+    assert!(page["items"][0]["score"].as_f64().unwrap() > 0.3, "{page}");
+    assert!(page["next_cursor"].is_null());
+    let (_, page) = api.call(Method::GET, "/api/search?mode=semantic&q=jazz%20music&limit=1", None).await;
+    assert_eq!(contents(&page), ["play some jazz music"]);
+    for path in ["/api/search?mode=semantic", "/api/search?mode=fuzzy&q=x"] {
+        let (status, _) = api.call(Method::GET, path, None).await;
+        assert_eq!(status, 400, "{path}");
+    }
+    // Without a provider, semantic search is refused with the setting to set.
+    let plain = app_with_token().await;
+    let (status, body) =
+        Api::new(&plain, Some(TOKEN)).await.call(Method::GET, "/api/search?mode=semantic&q=x", None).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("XIAOZHI_EMBEDDINGS_URL"));
+}
