@@ -10,6 +10,7 @@
 //! * [`search`]: finding messages by their text (trigram indexes on both backends).
 //! * [`devices`] and [`stats`]: the operator's views of devices and of activity per day.
 //! * [`vectors`]: message embeddings (search by meaning), scored in the gateway.
+//! * [`listing`]: conversations by device, time and status; a conversation's messages by page.
 //! * [`keep`]: which clips are kept (`XIAOZHI_KEEP_AUDIO`), user clips' transcriptions.
 //! * [`export`]: messages in batches, oldest first, for exports of any size.
 //!
@@ -21,6 +22,7 @@
 pub mod devices;
 pub mod export;
 pub mod keep;
+pub mod listing;
 pub mod model;
 pub mod outbox;
 pub mod queries;

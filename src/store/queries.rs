@@ -51,6 +51,7 @@ macro_rules! session_from_row {
         }
     }};
 }
+pub(crate) use session_from_row;
 
 macro_rules! clip_from_row {
     ($r:expr) => {{
@@ -83,7 +84,7 @@ const CLIP_COLUMNS: &str = "file_id, session_id, message_id, device_id, bucket_n
      duration_ms, sample_rate, channels, source_type, transcription, checksum, upload_status, upload_attempts, last_error, \
      uploaded_at, created_at";
 
-const SESSION_COLUMNS: &str = "s.session_id, s.device_id, s.agent_id, s.started_at, s.ended_at, s.status, s.metadata, \
+pub(crate) const SESSION_COLUMNS: &str = "s.session_id, s.device_id, s.agent_id, s.started_at, s.ended_at, s.status, s.metadata, \
      (SELECT COUNT(*) FROM conversation_messages m WHERE m.session_id = s.session_id) AS message_count";
 
 /// Where a page continues: after (time, id) (sessions by start, messages by creation).

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_types)] // the session-only rule of clippy.toml
 
 mod admin_api;
+mod backup;
 mod bad_input;
 mod binary_e2e;
 mod brain;

@@ -253,3 +253,45 @@ async fn semantic_search_through_the_api_with_embeddings_from_a_fake_provider() 
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("XIAOZHI_EMBEDDINGS_URL"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_lists_filter_and_messages_come_page_by_page() {
+    let app = app_with_token().await;
+    let api = Api::new(&app, Some(TOKEN)).await;
+    let (device, sid) = text_conversation(&app, "第一句").await;
+    app.app.writer.flush().await;
+    let today = Utc::now().date_naive();
+    let (_, page) =
+        api.call(Method::GET, &format!("/api/conversations?device_id={device}&from={today}"), None).await;
+    assert_eq!(page["items"][0]["session_id"], sid.to_string());
+    let (_, page) = api.call(Method::GET, &format!("/api/conversations?to={today}"), None).await;
+    assert!(page["items"].as_array().unwrap().is_empty(), "{page}");
+    // The device disconnected: its session is ended.
+    for _ in 0..50 {
+        app.app.writer.flush().await;
+        let (_, page) = api.call(Method::GET, "/api/conversations?status=ended", None).await;
+        if !page["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, page) = api.call(Method::GET, "/api/conversations?status=ended", None).await;
+    assert_eq!(page["items"][0]["session_id"], sid.to_string());
+    let (_, first) = api.call(Method::GET, &format!("/api/conversations/{sid}/messages?limit=1"), None).await;
+    assert_eq!(contents(&first), ["第一句"]);
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let (_, second) = api
+        .call(Method::GET, &format!("/api/conversations/{sid}/messages?limit=1&cursor={cursor}"), None)
+        .await;
+    assert_eq!(second["items"][0]["role"], "assistant");
+    assert!(second["next_cursor"].is_null());
+    for path in [
+        "/api/conversations?status=paused".to_owned(),
+        "/api/conversations?from=last-week".to_owned(),
+        format!("/api/conversations/{sid}/messages?cursor=zzz"),
+        format!("/api/conversations/{sid}/messages?limit=501"),
+    ] {
+        let (status, _) = api.call(Method::GET, &path, None).await;
+        assert_eq!(status, 400, "{path}");
+    }
+}

@@ -217,7 +217,73 @@ async fn the_writer_keeps_the_clips_the_setting_asks_for(db: TestDb) {
     assert_eq!(staged, 2 + 1, "dropped clips are not staged for upload either");
 }
 
+/// Conversation lists filter by device, time range and status; a conversation's messages
+/// come page by page in speaking order.
+async fn conversations_and_messages_page_with_filters(db: TestDb) {
+    use xiaozhi_gateway::store::listing::SessionFilter;
+    let device = "aa:00:00:00:80:01";
+    let t0 = Utc::now() - Duration::days(10);
+    let mut ids = Vec::new();
+    for d in 0..10 {
+        let s = session(device, t0 + Duration::days(d));
+        db.store.write_turn(turn(&s, 0, s.started_at)).await.unwrap();
+        if d % 2 == 0 {
+            db.store
+                .write_batch(&[StoreOp::SessionEnded { session: s.clone(), ended_at: s.started_at }])
+                .await
+                .unwrap();
+        }
+        ids.push(s.session_id);
+    }
+    db.store.write_turn(turn(&session("aa:00:00:00:80:02", t0), 0, t0)).await.unwrap();
+    let f = SessionFilter {
+        device_id: Some(device.into()),
+        from: Some(t0 + Duration::days(2)),
+        to: Some(t0 + Duration::days(8)),
+        status: Some("ended".into()),
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = db.store.list_sessions(&f, after, 2).await.unwrap();
+        seen.extend(page.items.iter().map(|s| s.session_id));
+        match page.next_cursor {
+            Some(c) => after = Some(xiaozhi_gateway::store::queries::decode_cursor(&c).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [ids[6], ids[4], ids[2]], "ended, days 2 to 7, newest first");
+    let all = db.store.list_sessions(&SessionFilter::default(), None, 100).await.unwrap();
+    assert_eq!(all.items.len(), 11);
+    let active = SessionFilter { status: Some("active".into()), ..SessionFilter::default() };
+    assert_eq!(db.store.list_sessions(&active, None, 100).await.unwrap().items.len(), 6);
+
+    // 41 messages of one conversation, pages of 10.
+    let s = session(device, Utc::now());
+    for t in 0..20 {
+        db.store.write_turn(turn(&s, t * 2, Utc::now())).await.unwrap();
+    }
+    let mut t = turn(&s, 40, Utc::now());
+    t.messages.truncate(1);
+    t.clips.truncate(1);
+    db.store.write_turn(t).await.unwrap();
+    let (mut seqs, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (rows, next) = db.store.session_messages_page(s.session_id, after, 10).await.unwrap();
+        assert!(rows.iter().all(|(m, clip)| m.audio_file_id.is_some() && clip.is_some()));
+        seqs.extend(rows.iter().map(|(m, _)| m.sequence_num));
+        pages += 1;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (0..41).collect::<Vec<_>>());
+    assert_eq!(pages, 5);
+}
+
 conformance!(
+    conversations_and_messages_page_with_filters,
     the_writer_keeps_the_clips_the_setting_asks_for,
     devices_are_listed_with_their_totals,
     statistics_count_each_day,
