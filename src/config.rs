@@ -90,7 +90,10 @@ settings_table! {
     "XIAOZHI_SYSTEM_PROMPT" => "brain.system_prompt", "You are a friendly voice assistant on a small speaker. Answer briefly, in the user's language, in plain sentences without lists or markup.", "System prompt for devices without their own (set per device through the admin API).";
     "XIAOZHI_MEMORY_MESSAGES" => "brain.memory_messages", "10", "How many of the device's earlier messages go with each request.";
     "XIAOZHI_PROVIDER_TIMEOUT_SECS" => "brain.provider_timeout_secs", "30", "Per-request timeout of each provider (first byte and gaps in streams).";
-    "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres. (mysql is not a live backend: import it with `xiaozhi-gateway import mysql`.)";
+    "XIAOZHI_EMBEDDINGS_URL" => "embeddings.url", "", "OpenAI-compatible embeddings API base (e.g. https://api.openai.com/v1). Set: messages are embedded in the background (older ones too) and GET /api/search?mode=semantic searches by meaning.";
+    "XIAOZHI_EMBEDDINGS_MODEL" => "embeddings.model", "text-embedding-3-small", "Embedding model. Changing it re-embeds every message in the background.";
+    "XIAOZHI_EMBEDDINGS_API_KEY" => "embeddings.api_key", "", "Bearer key for the embeddings API.";
+        "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres. (mysql is not a live backend: import it with `xiaozhi-gateway import mysql`.)";
     "DATABASE_URL" => "database.url", "", "A whole database URL; overrides the DB_* parts.";
     "DB_HOST" => "database.host", "localhost", "PostgreSQL host.";
     "DB_PORT" => "database.port", "5432", "PostgreSQL port.";
@@ -110,6 +113,7 @@ settings_table! {
     "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing; alias: MINIO_BUCKET_NAME).";
     "MINIO_REGION" => "storage.region", "us-east-1", "S3 region.";
     "XIAOZHI_CLIP_FORMAT" => "storage.clip_format", "ogg", "Clip files: ogg (the packets as sent, no transcoding) or wav (decoded 16-bit PCM).";
+    "XIAOZHI_KEEP_AUDIO" => "storage.keep_audio", "all", "Which audio clips are kept: all, user (the device's speech only) or none. Messages (text) are always kept, and camera images.";
     "XIAOZHI_UPLOAD_WORKERS" => "storage.upload_workers", "4", "Upload workers per gateway process.";
     "XIAOZHI_UPLOAD_MAX_ATTEMPTS" => "storage.upload_max_attempts", "12", "Attempts before a clip is marked failed (it stays staged and visible).";
     "XIAOZHI_UPLOAD_BACKOFF_MAX_SECS" => "storage.upload_backoff_max_secs", "300", "Longest wait between upload attempts (exponential backoff with jitter up to this).";
@@ -320,6 +324,7 @@ pub struct StorageSettings {
     #[serde(deserialize_with = "lenient_string")]
     pub region: String,
     pub clip_format: ClipFileFormat,
+    pub keep_audio: KeepAudio,
     pub upload_workers: usize,
     pub upload_max_attempts: u32,
     pub upload_backoff_max_secs: u64,
@@ -337,6 +342,20 @@ pub enum ClipFileFormat {
     Wav,
 }
 
+/// Which audio clips are kept (`XIAOZHI_KEEP_AUDIO`, the starting design's
+/// `enable_audio_storage`); text is always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAudio {
+    /// The device's speech and the synthesized replies.
+    #[default]
+    All,
+    /// Only the device's speech.
+    User,
+    /// No audio (camera images are still kept).
+    None,
+}
+
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
@@ -347,6 +366,7 @@ impl Default for StorageSettings {
             bucket: "xiaozhi-audio".into(),
             region: "us-east-1".into(),
             clip_format: ClipFileFormat::Ogg,
+            keep_audio: KeepAudio::All,
             upload_workers: 4,
             upload_max_attempts: 12,
             upload_backoff_max_secs: 300,
@@ -375,6 +395,25 @@ pub struct Settings {
     /// Keys of a Go server `config.yaml` this gateway does not use (logged once at start-up).
     #[serde(skip)]
     pub ignored_file_keys: Vec<String>,
+    pub embeddings: EmbeddingsSettings,
+}
+
+/// Search by meaning: the embeddings provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbeddingsSettings {
+    #[serde(deserialize_with = "opt_string")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub model: String,
+    #[serde(deserialize_with = "opt_string")]
+    pub api_key: Option<String>,
+}
+
+impl Default for EmbeddingsSettings {
+    fn default() -> Self {
+        Self { url: None, model: default_from_table("embeddings.model").to_owned(), api_key: None }
+    }
 }
 
 /// The conversation brain's providers.
@@ -479,6 +518,7 @@ impl Default for Settings {
             ops: OpsSettings::default(),
             brain: BrainSettings::default(),
             ignored_file_keys: Vec::new(),
+            embeddings: EmbeddingsSettings::default(),
         }
     }
 }
@@ -899,6 +939,7 @@ mod tests {
             "wav",
             "require",
             "aa:bb:cc:dd:ee:ff",
+            "user",
         ];
         for doc in SETTINGS {
             let before = documented(&base_settings, doc.key);

@@ -124,6 +124,7 @@ fn router(app: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(app.settings.brain.vision_max_bytes.saturating_add(64 << 10))),
         )
         .merge(crate::api::router(app.api()))
+        .merge(crate::console::router())
         .fallback(upgrade)
         .with_state(app)
 }
