@@ -53,10 +53,12 @@ settings_table! {
     "XIAOZHI_READY_MAX_UPLOAD_BACKLOG" => "ops.ready_max_upload_backlog", "5000", "/readyz reports 503 when more clips than this wait for upload.";
     "XIAOZHI_AUTH_TOKENS" => "auth.tokens", "", "Comma-separated static access tokens. Authentication is on when this or auth.secret is set.";
     "XIAOZHI_AUTH_SECRET" => "auth.secret", "", "Secret for HMAC-signed tokens that the OTA endpoint issues, bound to device id and client id.";
+    "XIAOZHI_AUTH_OTA_TOKEN" => "auth.ota_token", "", "A static token the OTA endpoint hands to every device (accepted like auth.tokens). Firmware 1.6.1 and later takes its token only from OTA: with static tokens and no auth.secret, set this or devices are refused.";
     "XIAOZHI_AUTH_TOKEN_TTL_SECS" => "auth.token_ttl_secs", "2592000", "Lifetime of OTA-issued tokens (30 days).";
     "XIAOZHI_AUTH_ALLOWED_DEVICES" => "auth.allowed_devices", "", "Comma-separated device ids (MACs) admitted without a token.";
     "XIAOZHI_HELLO_TIMEOUT_MS" => "session.hello_timeout_ms", "10000", "How long a new connection may take to send its hello before it is closed.";
     "XIAOZHI_IDLE_TIMEOUT_SECS" => "session.idle_timeout_secs", "120", "A session without user speech for this long is closed cleanly.";
+    "XIAOZHI_TCP_KEEPALIVE_SECS" => "session.tcp_keepalive_secs", "60", "TCP keepalive on every connection: a peer that vanished without closing is found within about this many seconds (0: off). The gateway sends no WebSocket pings (some firmware drops connections that get them).";
     "XIAOZHI_MAX_CONNECTIONS" => "session.max_connections", "10000", "Most concurrent device sessions; further upgrades get HTTP 503.";
     "XIAOZHI_MAX_MESSAGE_BYTES" => "session.max_message_bytes", "65536", "Largest WebSocket message (text or binary) accepted from a device; larger closes with 1009.";
     "XIAOZHI_MAX_UTTERANCE_SECS" => "session.max_utterance_secs", "30", "Longest user utterance kept; audio beyond it ends the turn.";
@@ -88,7 +90,10 @@ settings_table! {
     "XIAOZHI_SYSTEM_PROMPT" => "brain.system_prompt", "You are a friendly voice assistant on a small speaker. Answer briefly, in the user's language, in plain sentences without lists or markup.", "System prompt for devices without their own (set per device through the admin API).";
     "XIAOZHI_MEMORY_MESSAGES" => "brain.memory_messages", "10", "How many of the device's earlier messages go with each request.";
     "XIAOZHI_PROVIDER_TIMEOUT_SECS" => "brain.provider_timeout_secs", "30", "Per-request timeout of each provider (first byte and gaps in streams).";
-    "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres. (mysql is not a live backend: import it with `xiaozhi-gateway import mysql`.)";
+    "XIAOZHI_EMBEDDINGS_URL" => "embeddings.url", "", "OpenAI-compatible embeddings API base (e.g. https://api.openai.com/v1). Set: messages are embedded in the background (older ones too) and GET /api/search?mode=semantic searches by meaning.";
+    "XIAOZHI_EMBEDDINGS_MODEL" => "embeddings.model", "text-embedding-3-small", "Embedding model. Changing it re-embeds every message in the background.";
+    "XIAOZHI_EMBEDDINGS_API_KEY" => "embeddings.api_key", "", "Bearer key for the embeddings API.";
+        "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres. (mysql is not a live backend: import it with `xiaozhi-gateway import mysql`.)";
     "DATABASE_URL" => "database.url", "", "A whole database URL; overrides the DB_* parts.";
     "DB_HOST" => "database.host", "localhost", "PostgreSQL host.";
     "DB_PORT" => "database.port", "5432", "PostgreSQL port.";
@@ -108,6 +113,7 @@ settings_table! {
     "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing; alias: MINIO_BUCKET_NAME).";
     "MINIO_REGION" => "storage.region", "us-east-1", "S3 region.";
     "XIAOZHI_CLIP_FORMAT" => "storage.clip_format", "ogg", "Clip files: ogg (the packets as sent, no transcoding) or wav (decoded 16-bit PCM).";
+    "XIAOZHI_KEEP_AUDIO" => "storage.keep_audio", "all", "Which audio clips are kept: all, user (the device's speech only) or none. Messages (text) are always kept, and camera images.";
     "XIAOZHI_UPLOAD_WORKERS" => "storage.upload_workers", "4", "Upload workers per gateway process.";
     "XIAOZHI_UPLOAD_MAX_ATTEMPTS" => "storage.upload_max_attempts", "12", "Attempts before a clip is marked failed (it stays staged and visible).";
     "XIAOZHI_UPLOAD_BACKOFF_MAX_SECS" => "storage.upload_backoff_max_secs", "300", "Longest wait between upload attempts (exponential backoff with jitter up to this).";
@@ -133,6 +139,9 @@ pub struct AuthSettings {
     /// HMAC key for tokens issued by the OTA endpoint.
     #[serde(deserialize_with = "opt_string")]
     pub secret: Option<String>,
+    /// A static token the OTA endpoint hands to every device (when there is no secret).
+    #[serde(deserialize_with = "opt_string")]
+    pub ota_token: Option<String>,
     /// Lifetime of issued tokens in seconds.
     pub token_ttl_secs: u64,
     /// Devices admitted without a token.
@@ -143,7 +152,17 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Authentication is on as soon as any credential is configured.
     pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty() || self.secret.is_some()
+        !self.tokens.is_empty() || self.secret.is_some() || self.ota_token.is_some()
+    }
+
+    /// Why devices that take their token from OTA (firmware 1.6.1 and later) would all be
+    /// refused with these settings, if they would.
+    pub fn lockout(&self) -> Option<&'static str> {
+        (self.enabled() && self.secret.is_none() && self.ota_token.is_none()).then_some(
+            "static tokens without XIAOZHI_AUTH_SECRET or XIAOZHI_AUTH_OTA_TOKEN: the OTA answer carries an \
+             empty token, and firmware 1.6.1 and later (which takes its token only from OTA) is refused with 401; \
+             set XIAOZHI_AUTH_SECRET for per-device tokens or XIAOZHI_AUTH_OTA_TOKEN to hand out a static one",
+        )
     }
 }
 
@@ -153,6 +172,8 @@ impl AuthSettings {
 pub struct SessionSettings {
     pub hello_timeout_ms: u64,
     pub idle_timeout_secs: u64,
+    /// TCP keepalive detection time (0: off).
+    pub tcp_keepalive_secs: u64,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub max_utterance_secs: u64,
@@ -169,6 +190,7 @@ impl Default for SessionSettings {
         Self {
             hello_timeout_ms: 10_000,
             idle_timeout_secs: 120,
+            tcp_keepalive_secs: 60,
             max_connections: 10_000,
             max_message_bytes: 64 * 1024,
             max_utterance_secs: 30,
@@ -185,6 +207,18 @@ impl SessionSettings {
     pub fn hello_timeout(&self) -> Duration {
         Duration::from_millis(self.hello_timeout_ms)
     }
+    /// TCP keepalive that finds a vanished peer within the detection time: quiet for half of
+    /// it, then three probes over the other half. `None` when off.
+    pub fn tcp_keepalive(&self) -> Option<(Duration, Duration, u32)> {
+        const PROBES: u32 = 3;
+        let total = self.tcp_keepalive_secs;
+        (total > 0).then(|| {
+            let idle = (total / 2).max(1);
+            let interval = ((total - idle) / u64::from(PROBES)).max(1);
+            (Duration::from_secs(idle), Duration::from_secs(interval), PROBES)
+        })
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
@@ -290,6 +324,7 @@ pub struct StorageSettings {
     #[serde(deserialize_with = "lenient_string")]
     pub region: String,
     pub clip_format: ClipFileFormat,
+    pub keep_audio: KeepAudio,
     pub upload_workers: usize,
     pub upload_max_attempts: u32,
     pub upload_backoff_max_secs: u64,
@@ -307,6 +342,20 @@ pub enum ClipFileFormat {
     Wav,
 }
 
+/// Which audio clips are kept (`XIAOZHI_KEEP_AUDIO`, the starting design's
+/// `enable_audio_storage`); text is always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAudio {
+    /// The device's speech and the synthesized replies.
+    #[default]
+    All,
+    /// Only the device's speech.
+    User,
+    /// No audio (camera images are still kept).
+    None,
+}
+
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
@@ -317,6 +366,7 @@ impl Default for StorageSettings {
             bucket: "xiaozhi-audio".into(),
             region: "us-east-1".into(),
             clip_format: ClipFileFormat::Ogg,
+            keep_audio: KeepAudio::All,
             upload_workers: 4,
             upload_max_attempts: 12,
             upload_backoff_max_secs: 300,
@@ -345,6 +395,25 @@ pub struct Settings {
     /// Keys of a Go server `config.yaml` this gateway does not use (logged once at start-up).
     #[serde(skip)]
     pub ignored_file_keys: Vec<String>,
+    pub embeddings: EmbeddingsSettings,
+}
+
+/// Search by meaning: the embeddings provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbeddingsSettings {
+    #[serde(deserialize_with = "opt_string")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub model: String,
+    #[serde(deserialize_with = "opt_string")]
+    pub api_key: Option<String>,
+}
+
+impl Default for EmbeddingsSettings {
+    fn default() -> Self {
+        Self { url: None, model: default_from_table("embeddings.model").to_owned(), api_key: None }
+    }
 }
 
 /// The conversation brain's providers.
@@ -449,6 +518,7 @@ impl Default for Settings {
             ops: OpsSettings::default(),
             brain: BrainSettings::default(),
             ignored_file_keys: Vec::new(),
+            embeddings: EmbeddingsSettings::default(),
         }
     }
 }
@@ -869,6 +939,7 @@ mod tests {
             "wav",
             "require",
             "aa:bb:cc:dd:ee:ff",
+            "user",
         ];
         for doc in SETTINGS {
             let before = documented(&base_settings, doc.key);

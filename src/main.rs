@@ -35,6 +35,8 @@ enum Command {
     Loadtest(xiaozhi_gateway::loadtest::LoadtestArgs),
     /// Bring history, devices and prompts over from an existing server into the configured store.
     Import(xiaozhi_gateway::import::ImportArgs),
+    /// Export messages (JSON lines or CSV) or one conversation (.zip) from the configured store.
+    Export(xiaozhi_gateway::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Import(args) => import(args, cli.config.as_deref()),
+        Command::Export(args) => export(cli.config.as_deref(), &args),
         Command::Migrate => {
             let settings = match Settings::load(cli.config.as_deref()) {
                 Ok(s) => s,
@@ -88,7 +91,7 @@ fn main() -> ExitCode {
             let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async {
                     std::fs::create_dir_all(&settings.data_dir)?;
-                    let store = startup::open_store(&settings).await?;
+                    let store = xiaozhi_gateway::store::open(&settings).await?;
                     let version = store.applied_version().await?;
                     println!("database schema at version {version} ({:?})", store.kind());
                     anyhow::Ok(())
@@ -159,6 +162,34 @@ fn import(args: xiaozhi_gateway::import::ImportArgs, config: Option<&std::path::
         }
         Err(e) => {
             eprintln!("xiaozhi-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `xiaozhi-gateway export`: the configured store and object storage, no server.
+fn export(config: Option<&std::path::Path>, args: &xiaozhi_gateway::export::ExportArgs) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(async { xiaozhi_gateway::export::run_configured(&settings, args).await }));
+    match result {
+        Ok(n) => {
+            eprintln!(
+                "exported {n} {} to {}",
+                if args.conversation.is_some() { "bytes" } else { "messages" },
+                args.output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e:#}");
             ExitCode::FAILURE
         }
     }
