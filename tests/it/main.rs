@@ -8,6 +8,7 @@ mod binary_e2e;
 mod brain;
 mod brain_resilience;
 mod fake_openai;
+mod faults;
 mod helpers;
 mod housekeeping;
 mod interop;
