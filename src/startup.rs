@@ -178,6 +178,7 @@ async fn assemble_state(
         recorder: Arc::new(writer.clone()),
         sessions: sessions.clone(),
         devices: devices.clone(),
+        turns: limits.turns.clone(),
         auth: auth.clone(),
         draining: draining.clone(),
         shutdown: shutdown.clone(),
