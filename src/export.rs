@@ -250,7 +250,7 @@ fn format_arg(s: &str) -> Result<ExportFormat, String> {
 /// `xiaozhi-gateway export` with the configured database and object storage.
 pub async fn run_configured(settings: &crate::config::Settings, args: &ExportArgs) -> anyhow::Result<u64> {
     crate::install_crypto_provider();
-    let store = crate::startup::open_store(settings).await?;
+    let store = crate::store::open(settings).await?;
     let storage = ClipStorage::open(settings).await?;
     run_cli(&store, &storage, args).await
 }

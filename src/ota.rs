@@ -23,7 +23,7 @@ use crate::store::writer::StoreWriter;
 
 /// What the OTA endpoints use of the gateway.
 #[derive(Clone)]
-pub struct OtaState {
+pub(crate) struct OtaState {
     pub settings: Arc<Settings>,
     pub auth: Arc<Authenticator>,
     pub devices: Arc<DeviceRegistry>,
@@ -34,10 +34,10 @@ pub struct OtaState {
 }
 
 /// The WebSocket path the OTA endpoint points devices at.
-pub const WS_PATH: &str = "/xiaozhi/v1/";
+pub(crate) const WS_PATH: &str = "/xiaozhi/v1/";
 
 /// `POST /xiaozhi/ota/`: accepts any body (firmware, SDK, py-xiaozhi, browser pages).
-pub async fn check_version(
+pub(crate) async fn check_version(
     State(app): State<OtaState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -47,7 +47,7 @@ pub async fn check_version(
     let creds = Credentials::from_request(&headers, &query);
     let device_id =
         creds.device_id.clone().or_else(|| req.mac_address.as_deref().map(str::to_ascii_lowercase));
-    let client_id = creds.client_id.clone().or_else(|| req.uuid.clone());
+    let client_id = creds.client_id.clone().or_else(|| req.uuid.as_deref().and_then(crate::auth::client_id));
     let Some(device_id) = device_id else {
         return error(StatusCode::BAD_REQUEST, "Device-Id header (or mac_address in the body) is required");
     };
@@ -68,7 +68,12 @@ pub async fn check_version(
 
     let settings = &app.settings;
     let token = app.auth.issue(&device_id, client_id.as_deref().unwrap_or("")).unwrap_or_default();
-    let url = settings.public_url.clone().unwrap_or_else(|| derived_ws_url(&headers));
+    if token.is_empty()
+        && let Some(why) = settings.auth.lockout()
+    {
+        tracing::warn!(device_id = %device_id, "OTA gives this device no token, so it will be refused: {why}");
+    }
+    let url = ws_url(settings.public_url.as_deref(), &headers);
     let firmware = match (&settings.ota.firmware_version, &settings.ota.firmware_url) {
         (Some(version), Some(url)) => Some(Firmware { version: version.clone(), url: url.clone() }),
         _ => None,
@@ -106,7 +111,7 @@ pub async fn check_version(
 }
 
 /// `POST /xiaozhi/ota/activate`: 200 once the device is activated, 202 while it waits.
-pub async fn activate(
+pub(crate) async fn activate(
     State(app): State<OtaState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -126,8 +131,14 @@ pub async fn activate(
     }
 }
 
+/// The WebSocket URL devices are given: the public URL when one is configured, else derived
+/// from the request.
+pub(crate) fn ws_url(public_url: Option<&str>, headers: &HeaderMap) -> String {
+    public_url.map_or_else(|| derived_ws_url(headers), str::to_owned)
+}
+
 /// `ws://host/xiaozhi/v1/` from the request's Host (and `X-Forwarded-Proto` behind a proxy).
-pub(crate) fn derived_ws_url(headers: &HeaderMap) -> String {
+fn derived_ws_url(headers: &HeaderMap) -> String {
     let host = headers
         .get("x-forwarded-host")
         .or_else(|| headers.get(header::HOST))

@@ -37,7 +37,7 @@ use crate::uploads::storage::ClipStorage;
 use crate::vision::{self, VisionState};
 
 /// What the routes share: the parts [`crate::startup`] assembled. Each handler takes only its
-/// own slice of it ([`OtaState`], [`ApiState`], [`VisionState`], [`SessionContext`]).
+/// own slice of it (`OtaState`, `ApiState`, `VisionState`, [`SessionContext`]).
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth: Arc<Authenticator>,
@@ -153,9 +153,19 @@ impl Server {
         use axum::serve::ListenerExt;
         let shutdown = self.app.shutdown.clone();
         info!(addr = %self.addr, "listening");
-        // Small messages (subtitles, 60 ms frames) must not wait for Nagle's algorithm.
-        let listener = self.listener.tap_io(|tcp| {
+        // Small messages (subtitles, 60 ms frames) must not wait for Nagle's algorithm; a peer
+        // that vanished without a FIN is found by TCP keepalive, not by pings (firmware that
+        // gets WebSocket pings it does not expect may drop the connection).
+        let keepalive = self.app.settings.session.tcp_keepalive().map(|(idle, interval, probes)| {
+            socket2::TcpKeepalive::new().with_time(idle).with_interval(interval).with_retries(probes)
+        });
+        let listener = self.listener.tap_io(move |tcp| {
             let _ = tcp.set_nodelay(true);
+            if let Some(k) = &keepalive
+                && let Err(e) = socket2::SockRef::from(&*tcp).set_tcp_keepalive(k)
+            {
+                tracing::debug!(error = %e, "TCP keepalive not set");
+            }
         });
         axum::serve(listener, router(self.app).into_make_service())
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -234,7 +244,7 @@ async fn upgrade(
         vision_url: app
             .vision
             .is_some()
-            .then(|| vision::endpoint_url(app.settings.public_url.as_deref(), &headers)),
+            .then(|| vision::endpoint_url(&ota::ws_url(app.settings.public_url.as_deref(), &headers))),
     };
     // Small I/O buffers: an idle session should cost a few KiB, not tungstenite's 128 KiB
     // default read buffer. Messages larger than the buffer still assemble (up to `max`).

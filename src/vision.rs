@@ -30,7 +30,7 @@ use crate::pipeline::providers::vision::VisionModel;
 use crate::session::registry::{SessionCommand, SessionRegistry};
 
 /// Where devices upload.
-pub const PATH: &str = "/mcp/vision/explain";
+pub(crate) const PATH: &str = "/mcp/vision/explain";
 /// The longest question kept.
 const MAX_QUESTION_CHARS: usize = 2000;
 /// How long the session may take to take the image (it reads its inbox between messages).
@@ -38,7 +38,7 @@ const HAND_OVER: Duration = Duration::from_secs(5);
 
 /// What the vision endpoint uses of the gateway.
 #[derive(Clone)]
-pub struct VisionState {
+pub(crate) struct VisionState {
     pub auth: Arc<Authenticator>,
     pub sessions: Arc<SessionRegistry>,
     /// The model answering questions about uploads (with the conversation brain only).
@@ -47,11 +47,10 @@ pub struct VisionState {
     pub max_bytes: usize,
 }
 
-/// The upload URL handed to a device: the public URL's host when one is configured, else the
-/// host the device itself connected to.
-pub fn endpoint_url(public_ws_url: Option<&str>, headers: &HeaderMap) -> String {
-    let ws = public_ws_url.map_or_else(|| crate::ota::derived_ws_url(headers), str::to_owned);
-    let (scheme, rest) = ws.split_once("://").unwrap_or(("ws", ws.as_str()));
+/// The upload URL handed to a device: on the host (and with the security) of the WebSocket URL
+/// the device was given.
+pub(crate) fn endpoint_url(ws: &str) -> String {
+    let (scheme, rest) = ws.split_once("://").unwrap_or(("ws", ws));
     let authority = rest.split('/').next().unwrap_or(rest);
     let scheme = if scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https") {
         "https"
@@ -84,7 +83,7 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// `POST /mcp/vision/explain`.
-pub async fn explain(
+pub(crate) async fn explain(
     State(app): State<VisionState>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,

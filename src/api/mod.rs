@@ -41,7 +41,7 @@ mod search;
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 /// An error as the API reports it: a status and `{"error": "..."}`.
-pub struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(StatusCode, String);
 
 impl ApiError {
     fn new(status: StatusCode, msg: impl Into<String>) -> Self {
@@ -71,7 +71,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// What the admin API uses of the gateway.
 #[derive(Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub settings: Arc<Settings>,
     pub store: Store,
     /// Waited on (flushed) before reads that must see a session's last turn.
@@ -83,7 +83,7 @@ pub struct ApiState {
 }
 
 /// The `/api` routes.
-pub fn router<S>(api: ApiState) -> Router<S>
+pub(crate) fn router<S>(api: ApiState) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {

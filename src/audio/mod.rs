@@ -1,12 +1,12 @@
-//! Audio for the uplink: Opus decoding to 16 kHz PCM and voice activity detection. Encoding
-//! for synthesized replies and Ogg muxing for clips join here as they are needed.
+//! Audio: Opus decoding to 16 kHz PCM and voice activity detection for the uplink; Opus
+//! encoding and resampling for synthesized downlink speech; Ogg-Opus muxing for clips.
 //!
 //! Everything here is synchronous and cheap per 60 ms frame (decode ~50 µs, VAD ~15 µs per
 //! 16 ms), so sessions call it inline; nothing here may block or allocate per frame.
 
 pub mod ogg;
 pub mod opus;
-pub mod resample;
+pub(crate) mod resample;
 pub mod vad;
 
 /// The rate everything on the uplink is processed at.

@@ -7,7 +7,7 @@ use audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Async, FixedAsync, PolynomialDegree, Resampler};
 
 /// Resamples mono `f32` samples from `from` Hz to `to` Hz.
-pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
+pub(crate) fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
     if from == to || samples.is_empty() {
         return Ok(samples.to_vec());
     }

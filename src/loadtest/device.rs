@@ -12,7 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use crate::client::{DeviceClient, DeviceConfig, Event};
 
 /// What every device shares: the encoded utterance and the pacing rules.
-pub struct Script {
+pub(crate) struct Script {
     pub speech: Vec<Bytes>,
     pub silence: Bytes,
     /// Silence frames sent at most after the speech before the turn counts as failed.
@@ -57,7 +57,7 @@ async fn connect(cfg: &DeviceConfig, report: &mut DeviceReport) -> Option<Device
 }
 
 /// Holds a connection without talking until the deadline.
-pub async fn idle(cfg: DeviceConfig, deadline: Instant) -> DeviceReport {
+pub(crate) async fn idle(cfg: DeviceConfig, deadline: Instant) -> DeviceReport {
     let mut report = DeviceReport::default();
     let Some(mut dev) = connect(&cfg, &mut report).await else { return report };
     let _ = tokio::time::timeout_at(deadline, async {
@@ -72,7 +72,7 @@ pub async fn idle(cfg: DeviceConfig, deadline: Instant) -> DeviceReport {
 }
 
 /// Talks until `script.turns` turns are done or the deadline passes.
-pub async fn talk(cfg: DeviceConfig, script: Arc<Script>) -> DeviceReport {
+pub(crate) async fn talk(cfg: DeviceConfig, script: Arc<Script>) -> DeviceReport {
     let mut report = DeviceReport::default();
     let Some(mut dev) = connect(&cfg, &mut report).await else { return report };
     while report.turns_ok + report.failures.len() < script.turns && Instant::now() < script.deadline {

@@ -4,7 +4,7 @@
 //! threads of its own, no decoding of reply audio. The report reads the gateway's `/metrics`
 //! before and after for its CPU seconds and resident memory.
 
-pub mod device;
+pub(crate) mod device;
 mod report;
 
 use std::collections::BTreeMap;

@@ -43,26 +43,23 @@ use super::providers::{ProviderConfig, ProviderError};
 use super::sentences::SentenceSplitter;
 use super::{BoxFuture, Pipeline, PipelineError, Reply, ToolExchange, Turn, TurnInput};
 use crate::audio::opus::UplinkDecoder;
-use crate::conversation::DeviceTools;
 use crate::store::Store;
 use crate::store::model::Role;
 use crate::telemetry::metrics::{Metrics, Stage};
 
 /// Rounds of tool calls before the model must answer.
-pub const MAX_TOOL_ROUNDS: usize = 3;
+pub(crate) const MAX_TOOL_ROUNDS: usize = 3;
 /// Sentences synthesized ahead of the one being spoken.
-pub const LOOKAHEAD: usize = 2;
+pub(crate) const LOOKAHEAD: usize = 2;
 /// The pause before a provider's second try.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-const TOOL_TIME: &str = "get_current_time";
-const TOOL_END: &str = "end_conversation";
 
 /// What the device hears when the providers fail.
 const APOLOGY: &str = "Sorry, I could not answer that. Please try again.";
 
 /// How the brain is set up.
 #[derive(Debug, Clone)]
-pub struct BrainConfig {
+pub(crate) struct BrainConfig {
     /// Speech recognizers, in order of preference (at least one).
     pub asr: Vec<ProviderConfig>,
     /// Chat models, in order of preference (at least one).
@@ -106,7 +103,7 @@ impl Voice {
 }
 
 /// The ASR → LLM → TTS pipeline.
-pub struct Brain {
+pub(crate) struct Brain {
     asr: Vec<Asr>,
     llm: Vec<Llm>,
     voice: Arc<Voice>,
@@ -190,7 +187,7 @@ impl Mouth<'_> {
         let mut sentence = sentence;
         if !self.face_checked {
             self.face_checked = true;
-            if let Some((emotion, rest)) = leading_emotion(&sentence) {
+            if let Some((emotion, rest)) = super::emotion::leading_emotion(&sentence) {
                 self.send(Spoken::Emotion(emotion)).await?;
                 sentence = rest.to_owned();
             }
@@ -233,44 +230,12 @@ async fn speak_all(reply: &mut Reply, mut rx: mpsc::Receiver<Spoken>) -> Result<
     Ok(())
 }
 
-/// An emoji that opens the answer, as the device's emotion name, and the text after it.
-fn leading_emotion(text: &str) -> Option<(&'static str, &str)> {
-    const FACES: &[(&str, &str)] = &[
-        ("😂", "laughing"),
-        ("😆", "funny"),
-        ("😭", "crying"),
-        ("😢", "sad"),
-        ("😠", "angry"),
-        ("😡", "angry"),
-        ("😍", "loving"),
-        ("😳", "embarrassed"),
-        ("😲", "surprised"),
-        ("😮", "surprised"),
-        ("😱", "shocked"),
-        ("🤔", "thinking"),
-        ("😉", "winking"),
-        ("😎", "cool"),
-        ("😌", "relaxed"),
-        ("🤤", "delicious"),
-        ("😘", "kissy"),
-        ("😏", "confident"),
-        ("😴", "sleepy"),
-        ("😜", "silly"),
-        ("🙄", "confused"),
-        ("😊", "happy"),
-        ("😀", "happy"),
-        ("😄", "happy"),
-        ("🙂", "happy"),
-        ("😶", "neutral"),
-    ];
-    let trimmed = text.trim_start();
-    FACES.iter().find_map(|(emoji, name)| {
-        trimmed.strip_prefix(emoji).map(|rest| (*name, rest.trim_start_matches('\u{fe0f}').trim_start()))
-    })
-}
-
 impl Brain {
-    pub fn new(config: BrainConfig, store: Store, metrics: Arc<Metrics>) -> Result<Self, ProviderError> {
+    pub(crate) fn new(
+        config: BrainConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProviderError> {
         if config.asr.is_empty() || config.llm.is_empty() {
             return Err(ProviderError::Invalid("the brain needs an ASR and an LLM provider".into()));
         }
@@ -384,7 +349,7 @@ impl Brain {
         mouth: &mut Mouth<'_>,
         thought: &mut Thought,
     ) -> Result<(), PipelineError> {
-        let (specs, device_names) = tool_specs(turn.tools.as_deref());
+        let (specs, device_names) = super::tools::specs(turn.tools.as_deref());
         for round in 0..=MAX_TOOL_ROUNDS {
             // The last round offers no tools: the model has to answer.
             let offered = if round == MAX_TOOL_ROUNDS { Vec::new() } else { specs.clone() };
@@ -394,8 +359,14 @@ impl Brain {
             }
             messages.push(ChatMessage::assistant_tool_calls(None, calls.clone()));
             for call in calls {
-                let (result, images) =
-                    self.run_tool(&call, turn.tools.as_deref(), &device_names, thought).await;
+                let (result, images, ends) = super::tools::run(
+                    &call,
+                    turn.tools.as_deref(),
+                    &device_names,
+                    self.config.device_tool_timeout,
+                )
+                .await;
+                thought.end_conversation |= ends;
                 thought.tools.push(ToolExchange {
                     call_id: call.id.clone(),
                     name: device_names.get(&call.name).cloned().unwrap_or_else(|| call.name.clone()),
@@ -480,83 +451,7 @@ impl Brain {
         }
         Ok(calls)
     }
-
-    /// Runs one tool call; failures become text the model can read. Returns the result and
-    /// the images the device uploaded while running it.
-    async fn run_tool(
-        &self,
-        call: &ToolCall,
-        device: Option<&dyn DeviceTools>,
-        device_names: &std::collections::HashMap<String, String>,
-        thought: &mut Thought,
-    ) -> (String, Vec<crate::conversation::VisionImage>) {
-        tracing::info!(tool = %call.name, "tool call");
-        match call.name.as_str() {
-            TOOL_TIME => (chrono::Local::now().format("%Y-%m-%d %H:%M:%S %:z (%A)").to_string(), Vec::new()),
-            TOOL_END => {
-                thought.end_conversation = true;
-                ("The conversation will end after your answer; say goodbye.".into(), Vec::new())
-            }
-            name => match (device_names.get(name), device) {
-                (Some(original), Some(client)) => {
-                    let args: serde_json::Value =
-                        serde_json::from_str(&call.arguments_json).unwrap_or_else(|_| serde_json::json!({}));
-                    let result = match client.call(original, args, self.config.device_tool_timeout).await {
-                        Ok(text) => text,
-                        Err(e) => {
-                            tracing::warn!(tool = %original, error = %e, "device tool failed");
-                            format!("error: {e}")
-                        }
-                    };
-                    (result, client.take_images())
-                }
-                _ => {
-                    tracing::warn!(tool = %name, "the model asked for a tool that does not exist");
-                    (format!("error: there is no tool named {name}"), Vec::new())
-                }
-            },
-        }
-    }
 }
-/// The functions offered to the model and the map from function names back to device tool
-/// names (function names allow only letters, digits, `_` and `-`).
-fn tool_specs(
-    device: Option<&dyn DeviceTools>,
-) -> (Vec<ToolSpec>, std::collections::HashMap<String, String>) {
-    let mut specs = vec![
-        ToolSpec {
-            name: TOOL_TIME.into(),
-            description: "Current local date and time.".into(),
-            parameters: serde_json::json!({"type": "object", "properties": {}}),
-        },
-        ToolSpec {
-            name: TOOL_END.into(),
-            description: "End the conversation when the user says goodbye or wants to stop.".into(),
-            parameters: serde_json::json!({"type": "object", "properties": {}}),
-        },
-    ];
-    let mut names = std::collections::HashMap::new();
-    for t in device.map(|d| d.tools()).unwrap_or_default() {
-        let safe: String = t
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
-            .take(64)
-            .collect();
-        if safe == TOOL_TIME || safe == TOOL_END || names.contains_key(&safe) {
-            continue;
-        }
-        let parameters = if t.input_schema.is_object() {
-            t.input_schema.clone()
-        } else {
-            serde_json::json!({"type": "object", "properties": {}})
-        };
-        specs.push(ToolSpec { name: safe.clone(), description: t.description.clone(), parameters });
-        names.insert(safe, t.name);
-    }
-    (specs, names)
-}
-
 /// Decodes an utterance to 16 kHz PCM for the recognizer.
 fn decode(packets: &[Bytes]) -> Vec<i16> {
     let Ok(mut decoder) = UplinkDecoder::new() else { return Vec::new() };

@@ -13,11 +13,11 @@ use crate::audio::ogg::ClipFormat;
 use crate::audio::opus::FrameEncoder;
 use crate::audio::resample::resample;
 
-pub use crate::conversation::Speech;
+pub(crate) use crate::conversation::Speech;
 
 /// The local synthesizer.
 #[derive(Debug, Clone)]
-pub struct LocalTts {
+pub(crate) struct LocalTts {
     espeak: Option<PathBuf>,
     voice: String,
     rate: u32,
@@ -28,19 +28,15 @@ const ESPEAK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl LocalTts {
     /// Looks for `espeak-ng` on `PATH`; `rate` is the downlink sample rate.
-    pub fn new(rate: u32, voice: &str) -> Self {
+    pub(crate) fn new(rate: u32, voice: &str) -> Self {
         let espeak = std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths).map(|p| p.join("espeak-ng")).find(|p| p.is_file())
         });
         Self { espeak, voice: voice.to_owned(), rate }
     }
 
-    pub fn has_espeak(&self) -> bool {
-        self.espeak.is_some()
-    }
-
     /// Synthesizes `text`; encoding runs off the async threads.
-    pub async fn speak(&self, text: &str) -> Result<Speech, String> {
+    pub(crate) async fn speak(&self, text: &str) -> Result<Speech, String> {
         let (pcm, rate) = match &self.espeak {
             Some(bin) => espeak(bin, &self.voice, text).await?,
             None => (chime(self.rate), self.rate),

@@ -6,11 +6,13 @@
 //!
 //! The embedded default is [`echo::EchoPipeline`], which answers with the user's own voice.
 
-pub mod brain;
+pub(crate) mod brain;
 pub mod echo;
-pub mod local_tts;
+mod emotion;
+pub(crate) mod local_tts;
 pub mod providers;
-pub mod sentences;
+pub(crate) mod sentences;
+mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;

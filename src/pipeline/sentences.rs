@@ -19,7 +19,7 @@ const MIN_CHARS: usize = 2;
 
 /// Splits streamed text into sentences; see the module documentation.
 #[derive(Debug, Default, Clone)]
-pub struct SentenceSplitter {
+pub(crate) struct SentenceSplitter {
     /// Text not yet returned.
     buf: String,
     /// Byte offset in `buf` where scanning resumes (everything before it is decided).
@@ -38,34 +38,30 @@ enum Scan {
 }
 
 impl SentenceSplitter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Also cuts sentences longer than `chars` characters at their last comma (`，、,：:`), for
     /// long run-on sentences; such cuts depend on how the text arrives.
-    pub fn with_soft_limit(chars: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_soft_limit(chars: usize) -> Self {
         Self { soft_limit: Some(chars.max(MIN_CHARS)), ..Self::default() }
     }
 
     /// Adds a token; returns the sentences it completed (trimmed), oldest first.
-    pub fn push(&mut self, token: &str) -> Vec<String> {
+    pub(crate) fn push(&mut self, token: &str) -> Vec<String> {
         self.buf.push_str(token);
         self.drain(false)
     }
 
     /// The text is complete: returns what is left (trimmed), if anything. Only the last
     /// sentence can be left (every earlier end was decidable when the text after it arrived).
-    pub fn finish(&mut self) -> Option<String> {
+    pub(crate) fn finish(&mut self) -> Option<String> {
         let rest = self.buf.trim().to_owned();
         self.buf.clear();
         self.scan = 0;
         (!rest.is_empty()).then_some(rest)
-    }
-
-    /// The text received but not yet returned.
-    pub fn pending(&self) -> &str {
-        &self.buf
     }
 
     fn drain(&mut self, eof: bool) -> Vec<String> {

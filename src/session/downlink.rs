@@ -19,7 +19,7 @@ use crate::conversation::{Downlink, ReplyProgress};
 
 /// What the writer tells the session.
 #[derive(Debug, PartialEq, Eq)]
-pub enum WriterEvent {
+pub(crate) enum WriterEvent {
     /// The device has played reply `reply` to its end and was sent `tts stop`.
     PlaybackDone { reply: u64 },
     /// The socket refused a write; the session should end.
@@ -28,7 +28,7 @@ pub enum WriterEvent {
 
 /// Counters the writer keeps for its session.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct DownlinkStats {
+pub(crate) struct DownlinkStats {
     pub frames: u64,
     pub bytes: u64,
     /// Frames sent when the device had already run out of the reply's audio for more than
@@ -37,11 +37,13 @@ pub struct DownlinkStats {
 }
 
 /// A frame sent this long after the device ran dry counts as late.
-pub const LATE_THRESHOLD: Duration = Duration::from_millis(20);
+pub(crate) const LATE_THRESHOLD: Duration = Duration::from_millis(20);
 
 /// Pacing parameters for one connection.
-pub struct Pacing {
+pub(crate) struct Pacing {
     pub version: ProtocolVersion,
+    /// Named in the `tts stop` the writer sends.
+    pub session_id: Arc<str>,
     /// How far ahead of the device's playback clock frames may be sent.
     pub prebuffer: Duration,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
@@ -153,6 +155,7 @@ pub(crate) async fn run<S: Sink<Message> + Unpin>(
     events: mpsc::UnboundedSender<WriterEvent>,
     pacing: Pacing,
 ) -> DownlinkStats {
+    let stop = ServerMessage::tts(TtsState::Stop).to_json_in(&pacing.session_id);
     let now = Instant::now();
     let mut pacer = Pacer {
         pacing,
@@ -184,9 +187,7 @@ pub(crate) async fn run<S: Sink<Message> + Unpin>(
                 {
                     // Before the device can hear of it: from here on the reply was not cut.
                     progress.completed.store(true, Ordering::Release);
-                    sent =
-                        send(&mut sink, Message::Text(ServerMessage::tts(TtsState::Stop).to_json().into()))
-                            .await;
+                    sent = send(&mut sink, Message::Text(stop.clone().into())).await;
                 }
                 progress.played.notify_one();
                 let _ = events.send(WriterEvent::PlaybackDone { reply });

@@ -10,139 +10,27 @@ use axum::extract::ws::Message;
 use bytes::Bytes;
 use firmware_protocol::frame::{self, ProtocolVersion};
 use firmware_protocol::{ClientMessage, ListenMessage, ListenMode, ListenState, ServerMessage, TtsState};
-use futures_util::{Sink, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
-use super::downlink::{self, Pacing, WriterEvent};
+use super::downlink::{self, WriterEvent};
 use super::end::{End, read_error};
-use super::handshake::{Greeted, server_hello};
+use super::handshake::server_hello;
 use super::mcp::McpClient;
 use super::record::{self, TurnContext};
 use super::registry::{CommandError, SessionCommand, SessionGuard};
 use super::reply::{self, ActiveReply};
 use super::turn::{TurnBuffer, TurnEvent};
-use super::{CLOSE_GRACE, Connection, DOWNLINK_FRAME_MS, GaugeGuard, SessionContext, close};
+use super::{CLOSE_GRACE, SessionContext, close};
 use crate::conversation::{DeviceTools, Downlink, Turn, TurnInput};
-use crate::devices::Sighting;
-use crate::store::model::{DeviceSighting, SessionRecord, StoreOp};
+use crate::store::model::{SessionRecord, StoreOp};
 
 /// The largest uplink packet accepted: 120 ms of Opus at its highest bitrate is ~3.8 KB; the
 /// browser page's three-frame CELT packets are ~2.4 KB.
 const MAX_OPUS_PACKET: usize = 4000;
-/// Commands the writer may hold before a producer waits (a few frames of audio).
-const DOWNLINK_QUEUE: usize = 8;
-/// Commands a session's inbox holds.
-const COMMAND_QUEUE: usize = 8;
-
-/// Runs a greeted session to its end: registers it, starts its writer, takes turns, and
-/// hands its records to the store writer.
-pub(super) async fn serve<St, Si>(mut stream: St, sink: Si, conn: Connection, greeted: Greeted)
-where
-    St: Stream<Item = Result<Message, axum::Error>> + Unpin,
-    Si: Sink<Message> + Unpin + Send + 'static,
-{
-    let ctx = conn.ctx.clone();
-    let Greeted { hello, version, downlink_rate } = greeted;
-    let _session_gauge = GaugeGuard::new(ctx.metrics.sessions(version.number()));
-    ctx.devices
-        .seen(&conn.device_id, Sighting { client_id: conn.client_id.as_deref(), ..Sighting::default() });
-    let now = chrono::Utc::now();
-    ctx.recorder.submit(StoreOp::DeviceSeen(DeviceSighting {
-        device_id: conn.device_id.clone(),
-        client_id: conn.client_id.clone(),
-        board: None,
-        firmware_version: None,
-        seen_at: now,
-    }));
-    let session_record = Arc::new(SessionRecord {
-        session_id: uuid::Uuid::parse_str(&conn.session_id).unwrap_or_else(|_| uuid::Uuid::new_v4()),
-        device_id: conn.device_id.clone(),
-        agent_id: None,
-        started_at: now,
-        metadata: serde_json::json!({
-            "protocol_version": version.number(),
-            "client_id": conn.client_id,
-            "features": hello.features,
-            "uplink": hello.audio_params,
-        }),
-    });
-    ctx.recorder.submit(StoreOp::SessionStarted((*session_record).clone()));
-    info!(
-        protocol_version = version.number(),
-        mcp = hello.has_mcp(),
-        uplink = ?hello.audio_params.as_ref().map(|p| (p.sample_rate, p.frame_duration)),
-        "session started"
-    );
-
-    let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
-    let (cancel_tx, cancel_rx) = watch::channel(0u64);
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let pacing = Pacing {
-        version,
-        metrics: ctx.metrics.clone(),
-        prebuffer: Duration::from_millis(
-            u64::from(ctx.settings.prebuffer_frames) * u64::from(DOWNLINK_FRAME_MS),
-        ),
-    };
-    let writer =
-        tokio::spawn(downlink::run(sink, rx, cancel_rx, events_tx.clone(), pacing).in_current_span());
-
-    let mcp =
-        (hello.has_mcp() && ctx.pipeline.uses_device_tools()).then(|| Arc::new(McpClient::new(tx.clone())));
-    if let Some(client) = &mcp {
-        let client = client.clone();
-        // Where the camera tool uploads (set when a vision model is configured), with a token
-        // bound to this session.
-        let vision = conn
-            .vision_url
-            .clone()
-            .map(|url| (url, ctx.auth.issue_vision(&conn.device_id, &conn.session_id)));
-        tokio::spawn(
-            async move {
-                let vision = vision.as_ref().map(|(url, token)| (url.as_str(), token.as_str()));
-                match client.discover(vision).await {
-                    Ok(n) => info!(tools = n, "device tools discovered"),
-                    Err(e) => warn!(error = %e, "device MCP discovery failed; no device tools this session"),
-                }
-            }
-            .in_current_span(),
-        );
-    }
-    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-    let guard = ctx.sessions.register(&conn.device_id, &conn.session_id, commands_tx);
-
-    let settings = &ctx.settings;
-    let mut session = Session {
-        device_id: conn.device_id.clone().into(),
-        session_id: conn.session_id.clone().into(),
-        version,
-        downlink_rate,
-        listening: None,
-        buffer: TurnBuffer::new(
-            Duration::from_secs(settings.max_utterance_secs),
-            settings.vad_threshold,
-            settings.vad_silence(),
-        ),
-        reply: None,
-        next_reply: 1,
-        record: session_record,
-        next_seq: 0,
-        mcp,
-        bad_audio_count: 0,
-        last_activity: Instant::now(),
-        tx,
-        cancel_tx,
-        events_tx,
-        ctx: ctx.clone(),
-        _permit: conn.permit,
-    };
-    let end = session.run(&mut stream, events_rx, commands_rx, &guard).await;
-    session.finish(end, writer).await;
-    drop(guard);
-}
 
 /// When interrupting a reply sends the device `tts stop`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,37 +52,37 @@ enum DrainWait {
     Utterance { next_reply: u64 },
 }
 
-struct Session {
-    device_id: Arc<str>,
-    session_id: Arc<str>,
-    version: ProtocolVersion,
+pub(super) struct Session {
+    pub(super) device_id: Arc<str>,
+    pub(super) session_id: Arc<str>,
+    pub(super) version: ProtocolVersion,
     /// The sample rate announced in the server hello.
-    downlink_rate: u32,
+    pub(super) downlink_rate: u32,
     /// `Some(mode)` between `listen start` and the end of the user's turn.
-    listening: Option<ListenMode>,
-    buffer: TurnBuffer,
-    reply: Option<ActiveReply>,
-    next_reply: u64,
+    pub(super) listening: Option<ListenMode>,
+    pub(super) buffer: TurnBuffer,
+    pub(super) reply: Option<ActiveReply>,
+    pub(super) next_reply: u64,
     /// This session's row, as turns upsert it.
-    record: Arc<SessionRecord>,
+    pub(super) record: Arc<SessionRecord>,
     /// Sequence number of the next message.
-    next_seq: i32,
+    pub(super) next_seq: i32,
     /// The device's MCP server, when its hello announced one.
-    mcp: Option<Arc<McpClient>>,
+    pub(super) mcp: Option<Arc<McpClient>>,
     /// Binary messages dropped so far (only the first is logged above debug).
-    bad_audio_count: u64,
+    pub(super) bad_audio_count: u64,
     /// Last user speech, text turn or reply: the idle timeout counts from here.
-    last_activity: Instant,
-    tx: mpsc::Sender<Downlink>,
+    pub(super) last_activity: Instant,
+    pub(super) tx: mpsc::Sender<Downlink>,
     /// Replies with an id up to this value are cancelled (the writer drops their frames).
-    cancel_tx: watch::Sender<u64>,
-    events_tx: mpsc::UnboundedSender<WriterEvent>,
-    ctx: Arc<SessionContext>,
-    _permit: OwnedSemaphorePermit,
+    pub(super) cancel_tx: watch::Sender<u64>,
+    pub(super) events_tx: mpsc::UnboundedSender<WriterEvent>,
+    pub(super) ctx: Arc<SessionContext>,
+    pub(super) _permit: OwnedSemaphorePermit,
 }
 
 impl Session {
-    async fn run<St>(
+    pub(super) async fn run<St>(
         &mut self,
         stream: &mut St,
         mut events: mpsc::UnboundedReceiver<WriterEvent>,
@@ -226,7 +114,7 @@ impl Session {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         debug!(?frame, "peer closed");
-                        return End::PeerGone;
+                        return End::PeerClosed;
                     }
                     Some(Err(e)) => return read_error(e),
                     None => return End::PeerGone,
@@ -407,8 +295,11 @@ impl Session {
             || (self.listening == Some(ListenMode::Manual) && !self.buffer.is_empty())
     }
 
+    /// Whether `text` is one of the wake words, whatever its punctuation, spacing and case
+    /// (clients send `你好，小智。` as well as `你好小智`).
     fn is_wake_word(&self, text: &str) -> bool {
-        self.ctx.settings.wake_words.iter().any(|w| w.eq_ignore_ascii_case(text))
+        let heard = spoken_form(text);
+        !heard.is_empty() && self.ctx.settings.wake_words.iter().any(|w| spoken_form(w) == heard)
     }
 
     async fn on_binary(&mut self, data: Bytes) {
@@ -585,16 +476,22 @@ impl Session {
     }
 
     async fn send_json(&mut self, m: &ServerMessage) {
-        let _ = self.tx.send(Downlink::Text(m.to_json())).await;
+        let _ = self.tx.send(Downlink::Text(m.to_json_in(&self.session_id))).await;
     }
 
-    async fn finish(mut self, end: End, writer: JoinHandle<downlink::DownlinkStats>) {
+    pub(super) async fn finish(mut self, end: End, writer: JoinHandle<downlink::DownlinkStats>) {
         self.cancel_reply();
         self.ctx
             .recorder
             .submit(StoreOp::SessionEnded { session: (*self.record).clone(), ended_at: chrono::Utc::now() });
         match end {
             End::PeerGone => info!("device disconnected"),
+            End::PeerClosed => {
+                info!("device closed the connection");
+                // The socket answers a received Close with the same code; sending ours flushes it.
+                let close = Downlink::Close { code: close::NORMAL, reason: "" };
+                let _ = timeout(CLOSE_GRACE, self.tx.send(close)).await;
+            }
             End::Close(code, reason) => {
                 info!(code, reason, "closing session");
                 let _ = timeout(CLOSE_GRACE, self.tx.send(Downlink::Close { code, reason })).await;
@@ -615,4 +512,9 @@ impl Session {
             _ => debug!("writer did not finish in time"),
         }
     }
+}
+
+/// The letters and digits of `text`, lower-cased: what a speaker said, without punctuation.
+fn spoken_form(text: &str) -> String {
+    text.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
 }

@@ -26,6 +26,8 @@ const MAX_PAGES: usize = 16;
 #[derive(Debug)]
 pub(crate) struct McpClient {
     tx: mpsc::Sender<Downlink>,
+    /// Named in every request.
+    session_id: std::sync::Arc<str>,
     next_id: AtomicI64,
     pending: Mutex<HashMap<i64, oneshot::Sender<Response>>>,
     tools: Mutex<Vec<Tool>>,
@@ -35,9 +37,10 @@ pub(crate) struct McpClient {
 }
 
 impl McpClient {
-    pub fn new(tx: mpsc::Sender<Downlink>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<Downlink>, session_id: std::sync::Arc<str>) -> Self {
         Self {
             tx,
+            session_id,
             next_id: AtomicI64::new(1),
             pending: Mutex::new(HashMap::new()),
             tools: Mutex::new(Vec::new()),
@@ -46,7 +49,7 @@ impl McpClient {
     }
 
     /// Keeps an image the device uploaded (the vision endpoint calls this).
-    pub fn attach_image(&self, image: VisionImage) {
+    pub(crate) fn attach_image(&self, image: VisionImage) {
         let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
         // A device uploads one photo per call; a runaway one does not grow memory for ever.
         if images.len() < MAX_IMAGES {
@@ -57,7 +60,7 @@ impl McpClient {
     }
 
     /// Hands a response from the device to whoever waits for it.
-    pub fn on_response(&self, response: Response) {
+    pub(crate) fn on_response(&self, response: Response) {
         let waiter = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.id);
         match waiter {
             Some(w) => {
@@ -72,7 +75,8 @@ impl McpClient {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         let payload = Request::new(id, method, params).to_value();
-        let sent = self.tx.send(Downlink::Text(ServerMessage::Mcp { payload }.to_json())).await;
+        let sent =
+            self.tx.send(Downlink::Text(ServerMessage::Mcp { payload }.to_json_in(&self.session_id))).await;
         let outcome = match sent {
             Err(_) => Err(ToolError::Gone),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
@@ -90,7 +94,7 @@ impl McpClient {
     }
 
     /// `initialize`, then `tools/list` until no `nextCursor` (bounded). Returns the tool count.
-    pub async fn discover(&self, vision: Option<(&str, &str)>) -> Result<usize, ToolError> {
+    pub(crate) async fn discover(&self, vision: Option<(&str, &str)>) -> Result<usize, ToolError> {
         let init = Request::initialize(0, vision).params.unwrap_or_default();
         self.request("initialize", init, Duration::from_secs(10)).await?;
         let mut tools = Vec::new();

@@ -1,7 +1,7 @@
 //! One device connection. [`run`] takes the upgraded socket through the handshake
-//! ([`handshake`]), then the turn-taking state machine ([`machine`]) reads it while a writer task
-//! ([`downlink`]) owns the socket's sink and paces reply audio. Each reply runs as its own task
-//! ([`reply`]) so the reader keeps listening (for `abort`, barge-in and the next turn) while the
+//! (`handshake`), then the turn-taking state machine (`machine`) reads it while a writer task
+//! (`downlink`) owns the socket's sink and paces reply audio. Each reply runs as its own task
+//! (`reply`) so the reader keeps listening (for `abort`, barge-in and the next turn) while the
 //! device is spoken to.
 //!
 //! A session sees the rest of the gateway only through [`SessionContext`], which it defines
@@ -18,6 +18,7 @@ mod end;
 mod handshake;
 mod machine;
 pub(crate) mod mcp;
+mod open;
 pub(crate) mod record;
 pub mod registry;
 mod reply;
@@ -131,7 +132,7 @@ where
         let _connection = GaugeGuard::new(&conn.ctx.metrics.connections);
         let mut stream = stream;
         let Some((hello, sink)) = handshake::greet(&mut stream, sink, &conn).await else { return };
-        machine::serve(stream, sink, conn, hello).await
+        open::serve(stream, sink, conn, hello).await
     }
     .instrument(span)
     .await

@@ -18,10 +18,10 @@ use crate::store::model::{ClipRecord, MessageRecord, Role, SessionRecord, Source
 
 /// Sequence numbers reserved per turn of a tool-using brain: the user's message, tool calls and
 /// results, the answer.
-pub const SEQ_BLOCK: i32 = 32;
+pub(crate) const SEQ_BLOCK: i32 = 32;
 
 /// What the session knew when the turn began.
-pub struct TurnContext {
+pub(crate) struct TurnContext {
     pub session: Arc<SessionRecord>,
     pub bucket: Arc<str>,
     /// Sequence number of the user's message; the reply gets the next one.
@@ -41,7 +41,7 @@ pub struct TurnContext {
 }
 
 /// Builds the record of one turn.
-pub fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
+pub(crate) fn build(ctx: TurnContext, reply: &Reply, interrupted: bool) -> TurnRecord {
     let session = &ctx.session;
     let mut messages = Vec::with_capacity(2);
     let mut clips = Vec::with_capacity(2);
@@ -240,7 +240,13 @@ fn wav(packets: &[Bytes]) -> Result<Bytes, String> {
 }
 
 /// `{device_id}/{yyyy-mm-dd}/{session_id}/{file_id}.{ext}` (the starting design's layout).
-pub fn object_key(device_id: &str, at: DateTime<Utc>, session_id: Uuid, file_id: Uuid, ext: &str) -> String {
+pub(crate) fn object_key(
+    device_id: &str,
+    at: DateTime<Utc>,
+    session_id: Uuid,
+    file_id: Uuid,
+    ext: &str,
+) -> String {
     format!("{device_id}/{}/{session_id}/{file_id}.{ext}", at.format("%Y-%m-%d"))
 }
 

@@ -29,12 +29,12 @@ pub(super) struct ActiveReply {
 
 impl ActiveReply {
     /// Whether the reply has played to its end and its `tts stop` is on the way.
-    pub fn completed(&self) -> bool {
+    pub(super) fn completed(&self) -> bool {
         self.progress.completed.load(Ordering::Acquire)
     }
 
     /// Whether the brain asked to end the conversation after this reply.
-    pub fn ends_conversation(&self) -> bool {
+    pub(super) fn ends_conversation(&self) -> bool {
         self.progress.end_conversation.load(Ordering::Relaxed)
     }
 }
@@ -69,7 +69,7 @@ pub(super) fn spawn(
     let max_packet = Duration::from_millis(u64::from(DOWNLINK_FRAME_MS));
     tokio::spawn(
         async move {
-            let mut reply = Reply::new(id, tx.clone(), max_packet, progress);
+            let mut reply = Reply::new(id, turn.session_id.clone(), tx.clone(), max_packet, progress);
             let outcome = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => None,

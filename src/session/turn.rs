@@ -21,7 +21,7 @@ const TAIL: Duration = Duration::from_millis(180);
 
 /// What pushing a packet did to the turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TurnEvent {
+pub(crate) enum TurnEvent {
     /// Nothing worth acting on.
     None,
     /// The user started speaking.
@@ -31,7 +31,7 @@ pub enum TurnEvent {
 }
 
 /// Uplink audio of the current user turn.
-pub struct TurnBuffer {
+pub(crate) struct TurnBuffer {
     packets: VecDeque<(Bytes, Duration)>,
     duration: Duration,
     /// Bytes held (the memory cap).
@@ -53,7 +53,7 @@ struct Vad {
 }
 
 impl TurnBuffer {
-    pub fn new(max: Duration, vad_threshold: f32, silence_window: Duration) -> Self {
+    pub(crate) fn new(max: Duration, vad_threshold: f32, silence_window: Duration) -> Self {
         Self {
             packets: VecDeque::new(),
             duration: Duration::ZERO,
@@ -66,17 +66,17 @@ impl TurnBuffer {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.packets.is_empty()
     }
 
     /// Whether speech has been heard in this turn.
-    pub fn speech_started(&self) -> bool {
+    pub(crate) fn speech_started(&self) -> bool {
         self.vad.as_ref().is_some_and(|v| v.endpointer.started())
     }
 
     /// Adds a packet without voice detection (push-to-talk keeps everything).
-    pub fn push_raw(&mut self, packet: Bytes, duration: Duration) -> TurnEvent {
+    pub(crate) fn push_raw(&mut self, packet: Bytes, duration: Duration) -> TurnEvent {
         self.bytes += packet.len();
         self.packets.push_back((packet, duration));
         self.duration += duration;
@@ -91,7 +91,7 @@ impl TurnBuffer {
     }
 
     /// Adds a packet and runs voice detection on it.
-    pub fn push_detect(&mut self, packet: Bytes, duration: Duration) -> TurnEvent {
+    pub(crate) fn push_detect(&mut self, packet: Bytes, duration: Duration) -> TurnEvent {
         let verdict = self.verdict(&packet);
         let voiced = verdict.voiced;
         let endpoint = match self.vad.as_mut() {
@@ -143,7 +143,7 @@ impl TurnBuffer {
     }
 
     /// Takes the utterance (pre-roll, speech, short tail) and starts a fresh turn.
-    pub fn take(&mut self) -> Utterance {
+    pub(crate) fn take(&mut self) -> Utterance {
         let mut end = self.voiced_end;
         let mut tail = Duration::ZERO;
         while end < self.packets.len() && tail < TAIL {
@@ -158,7 +158,7 @@ impl TurnBuffer {
     }
 
     /// Forgets the turn so far (new `listen start`, wake word, abort).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.packets.clear();
         self.duration = Duration::ZERO;
         self.bytes = 0;

@@ -2,11 +2,11 @@
 //! one [`Store`] and tested by one conformance suite.
 //!
 //! * [`model`]: the records a session hands over and the rows queries return.
-//! * [`writes`]: one transaction per batch of turns (idempotent: gateway-generated ids).
+//! * `writes`: one transaction per batch of turns (idempotent: gateway-generated ids).
 //! * [`queries`]: history (the assistant's memory) and the admin listings.
-//! * [`outbox`]: the durable upload queue for clips and the deletion queue for objects.
+//! * `outbox`: the durable upload queue for clips and the deletion queue for objects.
 //! * [`writer`]: the background writer sessions hand records to over a bounded queue.
-//! * [`retention`]: the scheduled deletion of expired conversations.
+//! * `retention`: the scheduled deletion of expired conversations.
 //! * [`search`]: finding messages by their text (trigram indexes on both backends).
 //! * [`devices`] and [`stats`]: the operator's views of devices and of activity per day.
 //! * [`vectors`]: message embeddings (search by meaning), scored in the gateway.
@@ -24,14 +24,14 @@ pub mod export;
 pub mod keep;
 pub mod listing;
 pub mod model;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod queries;
-pub mod retention;
+pub(crate) mod retention;
 pub mod search;
 pub mod stats;
 pub mod vectors;
 pub mod writer;
-pub mod writes;
+pub(crate) mod writes;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -48,6 +48,27 @@ use sqlx::sqlite::{
 };
 
 use crate::config::{DatabaseKind, DatabaseSettings};
+
+/// Connects to the configured database and brings its schema up to date, waiting a while for
+/// a database that is still starting; a schema newer than this binary is refused at once.
+pub async fn open(settings: &crate::config::Settings) -> Result<Store, StoreError> {
+    let opts = PoolOptions {
+        max_connections: settings.database.max_connections,
+        acquire_timeout: Duration::from_millis(settings.database.acquire_timeout_ms),
+    };
+    let store = Store::connect(&settings.database, &settings.data_dir, &opts).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(store),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// A connection pool to one of the two backends.
 #[derive(Clone, Debug)]

@@ -39,7 +39,7 @@ impl Store {
 }
 
 /// Runs retention every `every` until `stop` is cancelled (0 days: never).
-pub async fn run_schedule(
+pub(crate) async fn run_schedule(
     store: Store,
     retention_days: u32,
     every: std::time::Duration,

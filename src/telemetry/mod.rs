@@ -1,8 +1,8 @@
 //! Telemetry: logs ([`init`]: `tracing`, JSON lines in production, readable text on a terminal;
 //! session log lines carry `device_id` and `session_id` through the session's span) and
-//! Prometheus [`metrics`].
+//! Prometheus `metrics`.
 
-pub mod metrics;
+pub(crate) mod metrics;
 
 use std::io::IsTerminal;
 

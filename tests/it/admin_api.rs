@@ -56,7 +56,7 @@ impl Reply {
 impl Api {
     pub(crate) async fn new(app: &TestApp, token: Option<&str>) -> Api {
         let doc: Value =
-            serde_json::from_str(xiaozhi_gateway::api::OPENAPI).expect("the OpenAPI document is JSON");
+            serde_json::from_str(xiaozhi_gateway::OPENAPI).expect("the OpenAPI document is JSON");
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Api { base: app.http_url(""), token: token.map(str::to_owned), doc, http }
     }

@@ -21,7 +21,7 @@ use crate::uploads::{assert_in_bucket, files_under, wait_uploaded};
 const FRAME_MS: u64 = 60;
 
 /// A `xiaozhi-gateway` command with nothing from the test's environment but `PATH`.
-fn gateway_command(args: &[&str], env: &[(&str, String)]) -> Command {
+pub(crate) fn gateway_command(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xiaozhi-gateway"));
     cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
     for (name, value) in env {
@@ -31,15 +31,15 @@ fn gateway_command(args: &[&str], env: &[(&str, String)]) -> Command {
 }
 
 /// How a command that was expected to exit did.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
+pub(crate) struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
 }
 
 /// Runs `cmd` to completion; panics (after killing it) if it is still running after `limit`.
-fn run_within(mut cmd: Command, limit: Duration) -> Finished {
+pub(crate) fn run_within(mut cmd: Command, limit: Duration) -> Finished {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let started = Instant::now();
@@ -72,16 +72,23 @@ fn run_within(mut cmd: Command, limit: Duration) -> Finished {
 }
 
 /// `serve` running as a child; its stderr goes to a file. Killed when dropped (a failed test).
-struct Gateway {
+pub(crate) struct Gateway {
     child: Option<Child>,
     port: u16,
     log: PathBuf,
 }
 
 impl Gateway {
-    fn serve(port: u16, env: &[(&str, String)], log_dir: &Path) -> Gateway {
+    pub(crate) fn serve(port: u16, env: &[(&str, String)], log_dir: &Path) -> Gateway {
+        Self::serve_with(&[], port, env, log_dir)
+    }
+
+    /// `serve` with extra arguments before it (`--config FILE`).
+    pub(crate) fn serve_with(args: &[&str], port: u16, env: &[(&str, String)], log_dir: &Path) -> Gateway {
         let log = log_dir.join("gateway.log");
-        let child = gateway_command(&["serve", "--listen", &format!("127.0.0.1:{port}")], env)
+        let listen = format!("127.0.0.1:{port}");
+        let all: Vec<&str> = args.iter().copied().chain(["serve", "--listen", &listen]).collect();
+        let child = gateway_command(&all, env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -90,12 +97,12 @@ impl Gateway {
         Gateway { child: Some(child), port, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for `GET /readyz` to answer 200; panics if the process exits first.
-    async fn wait_ready(&mut self, limit: Duration) {
+    pub(crate) async fn wait_ready(&mut self, limit: Duration) {
         let url = format!("http://127.0.0.1:{}/readyz", self.port);
         // The test process starts no gateway of its own here, so nothing installed it yet.
         xiaozhi_gateway::install_crypto_provider();
@@ -117,7 +124,7 @@ impl Gateway {
     }
 
     /// SIGTERM, then the exit status (panics if the process is still running after `limit`).
-    async fn terminate(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) async fn terminate(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         // SAFETY: signalling our own child by pid; it has not been reaped yet.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -145,7 +152,7 @@ impl Drop for Gateway {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 

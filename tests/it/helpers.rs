@@ -11,8 +11,7 @@ use xiaozhi_gateway::audio::opus::FrameEncoder;
 use xiaozhi_gateway::client::{DeviceClient, DeviceConfig, DeviceReceiver, Event};
 use xiaozhi_gateway::config::Settings;
 use xiaozhi_gateway::pipeline::echo::EchoPipeline;
-use xiaozhi_gateway::server::AppState;
-use xiaozhi_gateway::startup::Application;
+use xiaozhi_gateway::startup::{AppState, Application};
 
 /// A gateway running in the test's runtime.
 pub struct TestApp {

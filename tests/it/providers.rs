@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use xiaozhi_gateway::audio::opus::UplinkDecoder;
-use xiaozhi_gateway::pipeline::local_tts::Speech;
+use xiaozhi_gateway::conversation::Speech;
 use xiaozhi_gateway::pipeline::providers::{
     Asr, ChatMessage, Llm, LlmEvent, LlmStream, ProviderConfig, ProviderError, ToolCall, ToolSpec, Tts,
     TtsFormat,
