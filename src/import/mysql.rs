@@ -37,9 +37,13 @@ pub struct MysqlArgs {
 
 const SOURCE: &str = "mysql";
 
+/// No join with `ai_agent_chat_audio`: its `id` and `audio_id` may carry different collations
+/// (tables created by different versions), which MySQL refuses to compare; each blob is
+/// fetched by key on a second connection instead (the key is coerced to the column's own).
 const HISTORY: &str = "SELECT h.id, h.mac_address, h.agent_id, h.session_id, h.chat_type, h.content, h.audio_id, \
-     h.created_at, a.audio FROM ai_agent_chat_history h LEFT JOIN ai_agent_chat_audio a ON a.id = h.audio_id \
+     h.created_at FROM ai_agent_chat_history h \
      ORDER BY h.session_id, h.mac_address, DATE_FORMAT(h.created_at, '%Y-%m-%d %H:%i:%s'), h.id";
+const AUDIO: &str = "SELECT audio FROM ai_agent_chat_audio WHERE id = ?";
 const DEVICES: &str = "SELECT d.id, d.mac_address, d.board, d.app_version, d.last_connected_at, d.agent_id, \
      a.agent_name, a.system_prompt FROM ai_device d LEFT JOIN ai_agent a ON a.id = d.agent_id ORDER BY d.id";
 
@@ -150,7 +154,17 @@ async fn history(pool: &MySqlPool, sink: &mut Sink, tz: FixedOffset) -> Result<(
         });
         let message_id = stable_id(SOURCE, "message", &id.to_string());
         let mut clip = None;
-        if let Some(audio) = row.audio {
+        let audio = match &row.audio_id {
+            Some(audio_id) => sqlx::query_scalar::<_, Option<Vec<u8>>>(AUDIO)
+                .bind(audio_id)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| ImportError::Source(format!("ai_agent_chat_audio: {e}")))?
+                .flatten()
+                .filter(|a| !a.is_empty()),
+            None => None,
+        };
+        if let Some(audio) = audio {
             let file_id =
                 stable_id(SOURCE, "audio", &format!("{}/{id}", row.audio_id.as_deref().unwrap_or("")));
             let (session_id, device) = (p.session.session_id, p.session.device_id.clone());
@@ -201,7 +215,6 @@ struct Source {
     content: String,
     speaker: Option<String>,
     audio_id: Option<String>,
-    audio: Option<Vec<u8>>,
     at: DateTime<Utc>,
 }
 
@@ -231,7 +244,6 @@ impl Source {
             .ok_or("no created_at")?;
         let at =
             local_to_utc(created, tz).ok_or_else(|| format!("created_at {created} is not a valid time"))?;
-        let audio: Option<Vec<u8>> = row.try_get("audio").map_err(|e| format!("audio: {e}"))?;
         Ok(Source {
             device_id: device_id(&mac),
             agent_id: text("agent_id")?.filter(|a| !a.is_empty()),
@@ -239,8 +251,7 @@ impl Source {
             role,
             content,
             speaker,
-            audio_id: text("audio_id")?,
-            audio: audio.filter(|a| !a.is_empty()),
+            audio_id: text("audio_id")?.filter(|a| !a.is_empty()),
             at,
         })
     }

@@ -43,7 +43,10 @@ const SCHEMA: &[&str] = &[
         INDEX idx_ai_agent_chat_history_agent_id (agent_id),
         INDEX idx_ai_agent_chat_history_agent_session_created (agent_id, session_id, created_at)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-    "CREATE TABLE ai_agent_chat_audio (id VARCHAR(32) PRIMARY KEY, audio LONGBLOB) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    // A table created at another time may carry another collation: MySQL refuses to compare
+    // `audio_id` with its `id` directly (error 1267), and the import must still read it.
+    "CREATE TABLE ai_agent_chat_audio (id VARCHAR(32) PRIMARY KEY, audio LONGBLOB) \
+     ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
 ];
 
 const MAC1: &str = "AA:BB:CC:00:00:01";
