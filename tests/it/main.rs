@@ -20,6 +20,7 @@ mod ota_auth;
 mod persistence;
 mod providers;
 mod storage_suite;
+mod store_batches;
 mod store_suite;
 mod turns;
 mod uploads;

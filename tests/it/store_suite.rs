@@ -499,6 +499,9 @@ macro_rules! conformance {
     };
 }
 
+/// Runs each named test on SQLite and on PostgreSQL (also used by `store_batches`).
+pub(crate) use conformance;
+
 conformance!(
     a_turn_lands_whole_and_linked,
     a_failing_turn_leaves_nothing,
