@@ -27,6 +27,7 @@ mod persistence;
 mod providers;
 mod startup_log;
 mod storage_suite;
+mod store_batches;
 mod store_search;
 mod store_semantic;
 mod store_suite;
