@@ -210,7 +210,7 @@ fn history(c: &mut Criterion) {
                 .await
                 .expect("create database");
         });
-        admin.replace("/postgres", "/history")
+        format!("{}/history", admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base))
     };
     bench_backend(c, "postgres", &url);
 }

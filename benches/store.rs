@@ -1,8 +1,10 @@
 //! Turns committed per second, for both backends: one turn per transaction (what a quiet
-//! gateway does) against batches of 32 (what the store writer does under load). PostgreSQL
-//! is a throwaway cluster with fsync on; SQLite is a file in WAL mode, as in production.
+//! gateway does, and a single turn's commit latency), batches of 32 and 256 turns, and the
+//! store writer draining a backlog of 1,024 turns from 64 sessions (group commit, and several
+//! connections on PostgreSQL). PostgreSQL is a throwaway cluster with fsync on; SQLite is a
+//! file in WAL mode, as in production.
 //!
-//! Run: `cargo bench --bench store` (figures in README.md).
+//! Run: `cargo bench --bench store` (figures in BENCHMARKS.md).
 #![allow(clippy::disallowed_types)] // the session-only rule of clippy.toml
 
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use xiaozhi_gateway::store::Store;
 use xiaozhi_gateway::store::model::{
     ClipRecord, MessageRecord, Role, SessionRecord, SourceType, StoreOp, TurnRecord,
 };
+use xiaozhi_gateway::store::writer::{StoreWriter, WriterConfig};
 
 /// A realistic turn: two messages and two ~1.5 s clips (Opus at ~16 kbit/s).
 fn turn(s: &SessionRecord, seq: i32) -> StoreOp {
@@ -75,7 +78,7 @@ fn session() -> SessionRecord {
 fn bench_backend(c: &mut Criterion, name: &str, store: Store, rt: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group(format!("store_{name}"));
     group.sample_size(10).measurement_time(Duration::from_secs(8));
-    for batch in [1usize, 32] {
+    for batch in [1usize, 32, 256] {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("turns_per_tx_{batch}"), |b| {
             b.to_async(rt).iter_custom(|iters| {
@@ -100,6 +103,34 @@ fn bench_backend(c: &mut Criterion, name: &str, store: Store, rt: &tokio::runtim
             })
         });
     }
+    // The writer with a backlog: 64 sessions hand over 16 turns each, then wait for all of it.
+    const SESSIONS: usize = 64;
+    const PER_SESSION: usize = 16;
+    group.throughput(Throughput::Elements((SESSIONS * PER_SESSION) as u64));
+    group.bench_function("writer_backlog_1024", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let store = store.clone();
+            async move {
+                let dir = tempfile::tempdir().expect("spill dir");
+                let (writer, _task) = StoreWriter::start(store, WriterConfig::new(dir.path()));
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let sessions: Vec<SessionRecord> = (0..SESSIONS).map(|_| session()).collect();
+                    let ops: Vec<StoreOp> = (0..PER_SESSION)
+                        .flat_map(|i| sessions.iter().map(move |s| turn(s, 2 * i as i32)))
+                        .collect();
+                    let t = Instant::now();
+                    for op in ops {
+                        writer.submit(op);
+                    }
+                    writer.flush().await;
+                    total += t.elapsed();
+                }
+                assert_eq!(writer.stats().dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 0);
+                total
+            }
+        })
+    });
     group.finish();
 }
 

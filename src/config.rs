@@ -56,6 +56,13 @@ settings_table! {
     "XIAOZHI_AUTH_OTA_TOKEN" => "auth.ota_token", "", "A static token the OTA endpoint hands to every device (accepted like auth.tokens). Firmware 1.6.1 and later takes its token only from OTA: with static tokens and no auth.secret, set this or devices are refused.";
     "XIAOZHI_AUTH_TOKEN_TTL_SECS" => "auth.token_ttl_secs", "2592000", "Lifetime of OTA-issued tokens (30 days).";
     "XIAOZHI_AUTH_ALLOWED_DEVICES" => "auth.allowed_devices", "", "Comma-separated device ids (MACs) admitted without a token.";
+    "XIAOZHI_LIMIT_UPGRADES_PER_SEC" => "limits.upgrades_per_sec", "20", "WebSocket upgrades per second from one source address (burst as large); beyond it HTTP 429 with Retry-After. 0: no limit. Behind a reverse proxy every device shares the proxy's address: raise it or limit at the proxy.";
+    "XIAOZHI_LIMIT_OTA_PER_SEC" => "limits.ota_per_sec", "20", "OTA calls per second from one source address (burst as large); beyond it HTTP 429 with Retry-After. 0: no limit.";
+    "XIAOZHI_LIMIT_NEW_SESSIONS_PER_SEC" => "limits.new_sessions_per_sec", "200", "New device sessions admitted per second over the whole gateway (a reconnect storm is let in at this pace); beyond it HTTP 503 with Retry-After. Live sessions are not affected. 0: no limit.";
+    "XIAOZHI_LIMIT_TURNS_PER_MINUTE" => "limits.turns_per_minute", "30", "Turns one device may take per minute (each may cost a paid LLM call); over it the device hears a short notice. 0: no limit.";
+    "XIAOZHI_LIMIT_TURNS_PER_DAY" => "limits.turns_per_day", "2000", "Turns one device may take per day (a rolling allowance). 0: no limit.";
+    "XIAOZHI_HTTP_HEADER_TIMEOUT_SECS" => "limits.header_timeout_secs", "10", "How long a client may take to send a request's headers (slow-loris); the connection is closed after it.";
+    "XIAOZHI_HTTP_BODY_TIMEOUT_SECS" => "limits.body_timeout_secs", "30", "How long a client may take between the bytes of a request body, on every route; the request fails after it.";
     "XIAOZHI_HELLO_TIMEOUT_MS" => "session.hello_timeout_ms", "10000", "How long a new connection may take to send its hello before it is closed.";
     "XIAOZHI_IDLE_TIMEOUT_SECS" => "session.idle_timeout_secs", "120", "A session without user speech for this long is closed cleanly.";
     "XIAOZHI_TCP_KEEPALIVE_SECS" => "session.tcp_keepalive_secs", "60", "TCP keepalive on every connection: a peer that vanished without closing is found within about this many seconds (0: off). The gateway sends no WebSocket pings (some firmware drops connections that get them).";
@@ -103,6 +110,9 @@ settings_table! {
     "DB_SSL_MODE" => "database.ssl_mode", "disable", "PostgreSQL TLS: disable, require, verify-ca or verify-full.";
     "XIAOZHI_DB_MAX_CONNECTIONS" => "database.max_connections", "10", "Database connection pool size.";
     "XIAOZHI_DB_ACQUIRE_TIMEOUT_MS" => "database.acquire_timeout_ms", "5000", "How long a query waits for a pool connection before it counts as a database failure.";
+    "XIAOZHI_DB_STATEMENT_TIMEOUT_MS" => "database.statement_timeout_ms", "30000", "PostgreSQL statement_timeout of every gateway connection: a statement running longer (stuck behind a lock, say) is cancelled and counts as a database failure. 0: none.";
+    "XIAOZHI_DB_IDLE_TIMEOUT_SECS" => "database.idle_timeout_secs", "300", "Pool connections idle this long are closed. 0: kept open.";
+    "XIAOZHI_DELETED_RETENTION_DAYS" => "database.deleted_retention_days", "30", "How long a deleted conversation's id is remembered (so a late write cannot bring it back); older ones are purged hourly. 0: forever.";
     "XIAOZHI_STORE_QUEUE" => "database.queue_capacity", "4096", "Store writes (turns, session ends) held in memory; beyond it they spill to disk under the data dir.";
     "XIAOZHI_STORE_QUEUE_MB" => "database.queue_mb", "64", "Memory budget of that queue (clip audio mostly), in MiB.";
     "XIAOZHI_MESSAGE_RETENTION_DAYS" => "database.message_retention_days", "0", "Delete messages and clips older than this many days (0: keep forever).";
@@ -227,6 +237,33 @@ impl SessionSettings {
     }
 }
 
+/// Rate limits and admission (read by `limits` and the server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    pub upgrades_per_sec: u32,
+    pub ota_per_sec: u32,
+    pub new_sessions_per_sec: u32,
+    pub turns_per_minute: u32,
+    pub turns_per_day: u32,
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            upgrades_per_sec: 20,
+            ota_per_sec: 20,
+            new_sessions_per_sec: 200,
+            turns_per_minute: 30,
+            turns_per_day: 2000,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+        }
+    }
+}
+
 /// What the OTA endpoint tells devices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -286,6 +323,9 @@ pub struct DatabaseSettings {
     pub queue_capacity: usize,
     pub queue_mb: usize,
     pub message_retention_days: u32,
+    pub statement_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub deleted_retention_days: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -304,6 +344,9 @@ impl Default for DatabaseSettings {
             queue_capacity: 4096,
             queue_mb: 64,
             message_retention_days: 0,
+            statement_timeout_ms: 30_000,
+            idle_timeout_secs: 300,
+            deleted_retention_days: 30,
         }
     }
 }
@@ -396,6 +439,7 @@ pub struct Settings {
     #[serde(skip)]
     pub ignored_file_keys: Vec<String>,
     pub embeddings: EmbeddingsSettings,
+    pub limits: LimitSettings,
 }
 
 /// Search by meaning: the embeddings provider.
@@ -519,6 +563,7 @@ impl Default for Settings {
             brain: BrainSettings::default(),
             ignored_file_keys: Vec::new(),
             embeddings: EmbeddingsSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -670,6 +715,9 @@ impl Settings {
                 "storage.access_key",
                 "MINIO_ENDPOINT is set: MINIO_ACCESS_KEY and MINIO_SECRET_KEY are needed".into(),
             );
+        }
+        if self.limits.header_timeout_secs == 0 || self.limits.body_timeout_secs == 0 {
+            return invalid("limits.header_timeout_secs", "HTTP timeouts must be positive".into());
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());

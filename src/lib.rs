@@ -15,6 +15,8 @@
 //!   provider clients, the vision model among them.
 //! * [`conversation`]: the contract between a session and a brain: the turn, the reply sink
 //!   and its progress, the device-tools trait. Depends on neither side.
+//! * [`limits`]: rate limits per source address and per device, and the admission pace of
+//!   new sessions.
 //! * [`devices`]: what the gateway knows about devices (seen through OTA and hellos).
 //! * [`store`]: the conversation store (PostgreSQL or SQLite) and its background writer.
 //! * [`uploads`]: clips to MinIO/S3 (or a local directory) by a durable background pool.
@@ -48,6 +50,7 @@ pub mod devices;
 pub mod embeddings;
 pub mod export;
 pub mod import;
+pub mod limits;
 pub mod loadtest;
 pub(crate) mod ota;
 pub mod pipeline;

@@ -2,6 +2,10 @@
 //! OTA endpoints, the camera upload, the admin API, and health. Authentication, the connection
 //! limit and the protocol version header are checked before the 101, so a refused device sees
 //! an HTTP status at once. What the routes share is assembled by [`crate::startup`].
+//! Per-address and admission limits ([`crate::limits`]) answer 429 or 503 with `Retry-After`;
+//! `http` is the connection loop with the header and body deadlines.
+
+mod http;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{DefaultBodyLimit, FromRef, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +29,7 @@ use crate::api::ApiState;
 use crate::auth::{Authenticator, Credentials};
 use crate::config::Settings;
 use crate::devices::DeviceRegistry;
+use crate::limits::{Limits, Refused};
 use crate::ota::{self, OtaState};
 use crate::pipeline::providers::vision::VisionModel;
 use crate::session::registry::SessionRegistry;
@@ -63,6 +68,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The vision model answering camera uploads (with the conversation brain only).
     pub vision: Option<VisionModel>,
+    /// Rate limits per address and device, and the admission pace of new sessions.
+    pub limits: Arc<Limits>,
 }
 
 impl FromRef<Arc<AppState>> for OtaState {
@@ -112,6 +119,7 @@ fn router(app: Arc<AppState>) -> Router {
         .route("/xiaozhi/ota/", post(ota::check_version))
         .route("/xiaozhi/ota", post(ota::check_version))
         .route("/xiaozhi/ota/activate", post(ota::activate))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), ota_limit))
         .layer(cors);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -167,9 +175,13 @@ impl Server {
                 tracing::debug!(error = %e, "TCP keepalive not set");
             }
         });
-        axum::serve(listener, router(self.app).into_make_service())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        let limits = &self.app.settings.limits;
+        let deadlines = http::Deadlines {
+            header: std::time::Duration::from_secs(limits.header_timeout_secs),
+            body: std::time::Duration::from_secs(limits.body_timeout_secs),
+        };
+        http::serve(listener, router(self.app), deadlines, shutdown).await;
+        Ok(())
     }
 }
 
@@ -177,6 +189,7 @@ impl Server {
 /// conventional WebSocket path, to tell a curious browser what lives there).
 async fn upgrade(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     uri: Uri,
@@ -193,6 +206,10 @@ async fn upgrade(
         }
         Err(_) => return StatusCode::NOT_FOUND.into_response(),
     };
+    if let Err(refused) = app.limits.upgrade(peer.ip()) {
+        warn!(peer = %peer.ip(), "too many WebSocket upgrades from one address; refusing");
+        return retry_later(StatusCode::TOO_MANY_REQUESTS, refused, "too many connections from this address");
+    }
     let creds = Credentials::from_request(&headers, &query);
     let Some(device_id) = creds.device_id.clone() else {
         warn!(path = uri.path(), "upgrade without a device id refused");
@@ -228,6 +245,9 @@ async fn upgrade(
         app.metrics.handshake(Handshake::Draining);
         return (StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down\n").into_response();
     }
+    if let Err(refused) = app.limits.admit() {
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, refused, "too many new sessions at once");
+    }
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         warn!(device_id = %device_id, "connection limit reached; refusing");
         app.metrics.handshake(Handshake::LimitReached);
@@ -254,6 +274,29 @@ async fn upgrade(
         .write_buffer_size(0)
         .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| session::run(socket, conn))
+}
+
+/// A refusal with `Retry-After` (whole seconds) and a line saying why.
+fn retry_later(status: StatusCode, refused: Refused, why: &str) -> Response {
+    let secs = refused.retry_after_secs();
+    (status, [(axum::http::header::RETRY_AFTER, secs.to_string())], format!("{why}; retry in {secs} s\n"))
+        .into_response()
+}
+
+/// The OTA routes' per-address limit.
+async fn ota_limit(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match app.limits.ota(peer.ip()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => {
+            warn!(peer = %peer.ip(), "too many OTA calls from one address; refusing");
+            retry_later(StatusCode::TOO_MANY_REQUESTS, refused, "too many OTA calls from this address")
+        }
+    }
 }
 
 /// `GET /metrics`: Prometheus text format. Store, upload and process figures are refreshed here.

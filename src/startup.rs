@@ -3,7 +3,9 @@
 //! brain, the session registry) and binds the listener (port 0 picks a free one, so tests start
 //! real instances); [`Application::run_until_stopped`] serves until the shutdown token is
 //! cancelled, waits for the sessions to end and hands what they left to the database.
-//! [`drain`] is the graceful half of a stop (SIGTERM).
+//! [`drain`] is the graceful half of a stop (SIGTERM). `announce` logs what it runs.
+
+mod announce;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::conversation::Pipeline;
 use crate::devices::DeviceRegistry;
+use crate::limits::Limits;
 pub use crate::server::AppState;
 use crate::server::Server;
 use crate::session::SessionContext;
@@ -124,6 +127,7 @@ async fn assemble_state(
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
     crate::install_crypto_provider();
+    announce::announce(&settings, pipeline.is_some());
     let store = crate::store::open(&settings).await?;
     let storage = ClipStorage::open(&settings).await?;
     let wake_uploads = Arc::new(tokio::sync::Notify::new());
@@ -153,12 +157,15 @@ async fn assemble_state(
     tokio::spawn(crate::store::retention::run_schedule(
         store.clone(),
         settings.database.message_retention_days,
+        settings.database.deleted_retention_days,
         Duration::from_secs(3600),
         shutdown.clone(),
     ));
     if let Some(why) = settings.auth.lockout() {
         warn!("authentication locks firmware out: {why}");
     }
+    let limits = Arc::new(Limits::new(&settings.limits, &metrics));
+    tokio::spawn(crate::limits::prune_schedule(limits.clone(), Duration::from_secs(60), shutdown.clone()));
     let auth = Arc::new(Authenticator::new(&settings.auth));
     let devices = Arc::new(DeviceRegistry::default());
     let sessions = Arc::new(SessionRegistry::default());
@@ -171,6 +178,7 @@ async fn assemble_state(
         recorder: Arc::new(writer.clone()),
         sessions: sessions.clone(),
         devices: devices.clone(),
+        turns: limits.turns.clone(),
         auth: auth.clone(),
         draining: draining.clone(),
         shutdown: shutdown.clone(),
@@ -190,5 +198,6 @@ async fn assemble_state(
         uploads,
         metrics,
         vision,
+        limits,
     }))
 }

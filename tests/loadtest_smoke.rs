@@ -12,11 +12,13 @@ use xiaozhi_gateway::startup::Application;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_devices_for_fifteen_seconds_without_a_failed_turn() {
     let data = tempfile::tempdir().unwrap();
-    let settings = Settings {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),
         ..Settings::default()
     };
+    // Every simulated device connects from 127.0.0.1.
+    settings.limits.upgrades_per_sec = 0;
     let server = Application::build_with(settings.clone(), Arc::new(EchoPipeline::new())).await.unwrap();
     let addr = server.local_addr();
     tokio::spawn(server.run_until_stopped());

@@ -176,10 +176,15 @@ const views = {
 
   async conversations() {
     const form = h("form", { class: "filters" },
-      h("label", {}, t("device"), h("input", { name: "device_id" })), h("button", { type: "submit" }, t("go")));
+      h("label", {}, t("device"), h("input", { name: "device_id" })),
+      h("label", {}, t("from"), h("input", { type: "date", name: "from" })),
+      h("label", {}, t("to"), h("input", { type: "date", name: "to" })),
+      h("label", {}, t("status_col"), h("select", { name: "status" }, h("option", { value: "" }, t("any")), ["active", "ended"].map((x) => h("option", { value: x }, x)))),
+      h("button", { type: "submit" }, t("go")));
     const body = h("div");
     const load = async (cursor, append) => {
-      const page = await getJson("/api/conversations?" + qs({ device_id: form.device_id.value, cursor, limit: 50 }));
+      const f = form;
+      const page = await getJson("/api/conversations?" + qs({ device_id: f.device_id.value, from: f.from.value, to: f.to.value, status: f.status.value, cursor, limit: 50 }));
       const tbl = conversationTable(page.items);
       if (!append) body.replaceChildren(tbl); else body.querySelector("tbody").append(...tbl.querySelectorAll("tbody tr"));
       body.querySelector("button.more")?.remove();
@@ -192,7 +197,18 @@ const views = {
 
   async conversation(id) {
     const s = await getJson("/api/conversations/" + id);
-    const m = await getJson(`/api/conversations/${id}/messages`);
+    const rowOf = (x) => h("tr", { "data-message": x.message_id },
+      h("td", {}, h("span", { class: "role " + x.role }, x.role)), h("td", {}, when(x.created_at)),
+      h("td", {}, x.content), h("td", {}, playButton(x)));
+    const list = h("div");
+    const load = async (cursor) => {
+      const m = await getJson(`/api/conversations/${id}/messages?` + qs({ cursor, limit: 200 }));
+      if (!cursor) list.replaceChildren(table(["role", "time", "messages", ""], m.items.map(rowOf)));
+      else list.querySelector("tbody").append(...m.items.map(rowOf));
+      list.querySelector("button.more")?.remove();
+      if (m.next_cursor) list.append(h("button", { class: "more", type: "button", onclick: () => load(m.next_cursor).catch(showError) }, t("more")));
+    };
+    await load();
     view().replaceChildren(
       h("h2", {}, t("conversation"), " ", h("small", {}, id)),
       h("p", {}, h("a", { href: "#device/" + encodeURIComponent(s.device_id) }, s.device_id), " · ", when(s.started_at), " · ", s.status),
@@ -202,9 +218,7 @@ const views = {
           if (!confirm(t("confirm_delete"))) return;
           api("/api/conversations/" + id, { method: "DELETE" }).then(() => { location.hash = "#conversations"; }).catch(showError);
         } }, t("delete"))),
-      table(["role", "time", "messages", ""], m.items.map((x) => h("tr", { "data-message": x.message_id },
-        h("td", {}, h("span", { class: "role " + x.role }, x.role)), h("td", {}, when(x.created_at)),
-        h("td", {}, x.content), h("td", {}, playButton(x))))));
+      list);
   },
 
   async search() {

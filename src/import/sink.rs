@@ -138,10 +138,7 @@ impl Sink {
             None
         } else {
             std::fs::create_dir_all(&settings.data_dir).map_err(io)?;
-            let opts = crate::store::PoolOptions {
-                max_connections: settings.database.max_connections,
-                acquire_timeout: Duration::from_millis(settings.database.acquire_timeout_ms),
-            };
+            let opts = crate::store::PoolOptions::from_settings(&settings.database);
             let store = Store::connect(&settings.database, &settings.data_dir, &opts).await?;
             store.migrate().await?;
             Some(store)

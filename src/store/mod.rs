@@ -52,10 +52,7 @@ use crate::config::{DatabaseKind, DatabaseSettings};
 /// Connects to the configured database and brings its schema up to date, waiting a while for
 /// a database that is still starting; a schema newer than this binary is refused at once.
 pub async fn open(settings: &crate::config::Settings) -> Result<Store, StoreError> {
-    let opts = PoolOptions {
-        max_connections: settings.database.max_connections,
-        acquire_timeout: Duration::from_millis(settings.database.acquire_timeout_ms),
-    };
+    let opts = PoolOptions::from_settings(&settings.database);
     let store = Store::connect(&settings.database, &settings.data_dir, &opts).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -252,11 +249,33 @@ pub fn schema_version() -> i64 {
 pub struct PoolOptions {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` on every connection (`None`: the server's own).
+    pub statement_timeout: Option<Duration>,
+    /// Pool connections idle this long are closed (`None`: kept).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { max_connections: 10, acquire_timeout: Duration::from_secs(5) }
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+impl PoolOptions {
+    /// The pool the settings describe (0 switches a timeout off).
+    pub fn from_settings(db: &DatabaseSettings) -> Self {
+        let positive = |d: Duration| (!d.is_zero()).then_some(d);
+        Self {
+            max_connections: db.max_connections,
+            acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
+            statement_timeout: positive(Duration::from_millis(db.statement_timeout_ms)),
+            idle_timeout: positive(Duration::from_secs(db.idle_timeout_secs)),
+        }
     }
 }
 
@@ -298,9 +317,14 @@ impl Store {
                             _ => PgSslMode::Disable,
                         }),
                 };
+                let options = match opts.statement_timeout {
+                    Some(t) => options.options([("statement_timeout", t.as_millis().to_string())]),
+                    None => options,
+                };
                 let pool = PgPoolOptions::new()
                     .max_connections(opts.max_connections)
                     .acquire_timeout(opts.acquire_timeout)
+                    .idle_timeout(opts.idle_timeout)
                     .connect_lazy_with(options.application_name("xiaozhi-gateway"));
                 Ok(Store { pool: Pool::Postgres(pool) })
             }
@@ -319,6 +343,7 @@ impl Store {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(opts.max_connections.max(2))
                     .acquire_timeout(opts.acquire_timeout)
+                    .idle_timeout(opts.idle_timeout)
                     .connect_lazy_with(options);
                 Ok(Store { pool: Pool::Sqlite(pool) })
             }

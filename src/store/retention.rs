@@ -1,5 +1,6 @@
 //! Retention: messages and clips older than `message_retention_days` are deleted by a
-//! scheduled job. Each run is one transaction that queues the expired clips' objects for
+//! scheduled job, and the ids of deleted conversations (tombstones, which turn away late
+//! writes) are forgotten after `deleted_retention_days`. Each run is one transaction that queues the expired clips' objects for
 //! deletion (the upload workers remove them from object storage) and deletes the rows, so
 //! it is idempotent and safe to run from several gateway processes at once: a second run
 //! finds nothing left to do.
@@ -38,24 +39,50 @@ impl Store {
     }
 }
 
-/// Runs retention every `every` until `stop` is cancelled (0 days: never).
+impl Store {
+    /// Forgets conversations deleted before `cutoff` (their tombstones); returns how many.
+    pub async fn purge_deleted_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        const PURGE: &str = "DELETE FROM deleted_sessions WHERE deleted_at < $1";
+        Ok(
+            with_pool!(self, p => sqlx::query(self.sql(PURGE)).bind(Ts(cutoff)).execute(p).await?.rows_affected()),
+        )
+    }
+}
+
+/// Runs retention every `every` until `stop` is cancelled: messages after `retention_days`,
+/// tombstones after `deleted_retention_days` (0 days: never).
 pub(crate) async fn run_schedule(
     store: Store,
     retention_days: u32,
+    deleted_retention_days: u32,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    if retention_days == 0 {
+    if retention_days == 0 && deleted_retention_days == 0 {
         return;
     }
+    let days_ago = |days: u32| Utc::now() - chrono::Duration::days(i64::from(days));
     loop {
-        let cutoff = Utc::now() - chrono::Duration::days(i64::from(retention_days));
-        match store.expire_before(cutoff).await {
-            Ok(r) if r != RetentionReport::default() => {
-                tracing::info!(messages = r.messages, clips = r.clips, sessions = r.sessions, "retention run")
+        if retention_days > 0 {
+            match store.expire_before(days_ago(retention_days)).await {
+                Ok(r) if r != RetentionReport::default() => {
+                    tracing::info!(
+                        messages = r.messages,
+                        clips = r.clips,
+                        sessions = r.sessions,
+                        "retention run"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention run failed; will retry"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "retention run failed; will retry"),
+        }
+        if deleted_retention_days > 0 {
+            match store.purge_deleted_before(days_ago(deleted_retention_days)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tombstones = n, "deleted conversations forgotten"),
+                Err(e) => tracing::warn!(error = %e, "purging deleted conversations failed; will retry"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

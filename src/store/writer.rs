@@ -1,6 +1,13 @@
 //! The store writer: sessions hand it [`StoreOp`]s and move on; it commits them in batches
 //! (one transaction per batch), retrying with capped backoff while the database is away.
 //!
+//! Group commit: each batch is everything queued by the time the previous commit finished, up
+//! to [`WriterConfig::max_batch`], so the batch grows with the backlog and a quiet gateway still
+//! commits each turn at once. On PostgreSQL a large batch is split by conversation across up to
+//! [`WriterConfig::connections`] transactions committed side by side; a conversation's ops
+//! always land in the same part, in order, and the next batch starts only when every part is
+//! committed, so the order within a conversation is kept.
+//!
 //! When the in-memory queue is full (by count or by bytes), [`StoreWriter::submit`] does not
 //! wait and does not drop: the op is written to a spill directory on local disk (by a
 //! blocking task, off the session's thread) and replayed, oldest first, once the queue has
@@ -18,6 +25,10 @@ use tracing::{error, info, warn};
 
 use super::model::StoreOp;
 use super::{Store, StoreError};
+use crate::config::DatabaseKind;
+
+/// Ops per PostgreSQL transaction below which one more connection is not worth its commit.
+const OPS_PER_CONNECTION: usize = 32;
 
 /// Limits of the writer.
 #[derive(Debug, Clone)]
@@ -26,8 +37,11 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Bytes (clip audio mostly) held in memory before spilling to disk.
     pub max_queue_bytes: usize,
-    /// Ops committed per transaction at most.
+    /// Ops taken from the queue per batch at most.
     pub max_batch: usize,
+    /// Transactions a batch is split across on PostgreSQL when it is large (SQLite has a
+    /// single writer whatever this says).
+    pub connections: usize,
     /// Where spilled and dead-lettered ops go.
     pub spill_dir: PathBuf,
     /// Notified after each commit (the upload pool wakes on it).
@@ -43,7 +57,8 @@ impl WriterConfig {
         Self {
             queue_capacity: 4096,
             max_queue_bytes: 64 << 20,
-            max_batch: 64,
+            max_batch: 1024,
+            connections: 4,
             spill_dir: data_dir.join("store-spill"),
             on_commit: None,
             commit_latency: None,
@@ -199,10 +214,11 @@ impl Worker {
             if !held.is_empty() {
                 self.commit(&held).await;
             }
+            let taken = batch.len();
             if !batch.is_empty() {
-                self.commit(&batch).await;
+                self.commit_split(batch).await;
             }
-            self.stats.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            self.stats.queued.fetch_sub(taken, Ordering::Relaxed);
             self.stats.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
             if self.stats.spilled.load(Ordering::Relaxed) > 0 && !self.stats.abandoned.load(Ordering::Relaxed)
             {
@@ -218,6 +234,25 @@ impl Worker {
         if !self.stats.abandoned.load(Ordering::Relaxed) {
             self.replay_spilled().await;
         }
+    }
+
+    /// Commits a batch; on PostgreSQL a large one as several transactions side by side, split
+    /// by conversation (a conversation's ops stay together and in order).
+    async fn commit_split(&self, batch: Vec<StoreOp>) {
+        let parts = match self.store.kind() {
+            DatabaseKind::Postgres => {
+                self.config.connections.min(batch.len().div_ceil(OPS_PER_CONNECTION)).max(1)
+            }
+            DatabaseKind::Sqlite => 1,
+        };
+        if parts == 1 {
+            return self.commit(&batch).await;
+        }
+        let mut split: Vec<Vec<StoreOp>> = (0..parts).map(|_| Vec::new()).collect();
+        for op in batch {
+            split[part_of(&op, parts)].push(op);
+        }
+        futures_util::future::join_all(split.iter().filter(|p| !p.is_empty()).map(|p| self.commit(p))).await;
     }
 
     /// Commits a batch, retrying while the database is away; splits a batch the database
@@ -323,13 +358,29 @@ impl Worker {
                     }
                 }
             }
-            self.commit(&ops).await;
+            self.commit_split(ops).await;
             for path in done {
                 let _ = std::fs::remove_file(&path);
                 self.stats.spilled.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// Which of `parts` an op goes to: by conversation, or by device for a sighting (so that two
+/// transactions never write the same rows).
+fn part_of(op: &StoreOp, parts: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let key = match (op.session_id(), op) {
+        (Some(session), _) => session.as_u128() as u64 ^ (session.as_u128() >> 64) as u64,
+        (None, StoreOp::DeviceSeen(d)) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            d.device_id.hash(&mut h);
+            h.finish()
+        }
+        (None, _) => 0,
+    };
+    (key % parts as u64) as usize
 }
 
 /// ±25% jitter so that many writers do not retry in step.

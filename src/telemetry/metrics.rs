@@ -52,6 +52,33 @@ impl Handshake {
     }
 }
 
+/// A limit that refused a request or a turn (`xiaozhi_limited_total{limit=...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// WebSocket upgrades per source address.
+    Upgrade,
+    /// OTA calls per source address.
+    Ota,
+    /// New sessions per second over the gateway.
+    Admission,
+    TurnsPerMinute,
+    TurnsPerDay,
+}
+
+impl Limit {
+    const ALL: [Limit; 5] =
+        [Limit::Upgrade, Limit::Ota, Limit::Admission, Limit::TurnsPerMinute, Limit::TurnsPerDay];
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Upgrade => "upgrades_per_address",
+            Limit::Ota => "ota_per_address",
+            Limit::Admission => "new_sessions",
+            Limit::TurnsPerMinute => "turns_per_minute",
+            Limit::TurnsPerDay => "turns_per_day",
+        }
+    }
+}
+
 /// A stage of a turn whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -102,6 +129,7 @@ pub struct Metrics {
     pub uploads: Counter,
     pub upload_failures: Counter,
     pub draining: Gauge,
+    limited: [Counter; 5],
 }
 
 fn meta() -> Metadata<'static> {
@@ -217,6 +245,13 @@ impl Metrics {
             uploads: counter("xiaozhi_uploads_total", "Clips uploaded.", vec![]),
             upload_failures: counter("xiaozhi_upload_failures_total", "Failed upload attempts.", vec![]),
             draining: gauge("xiaozhi_draining", "1 while the gateway drains before exiting.", vec![]),
+            limited: Limit::ALL.map(|l| {
+                counter(
+                    "xiaozhi_limited_total",
+                    "Requests and turns refused by a rate limit, by limit.",
+                    vec![Label::new("limit", l.label())],
+                )
+            }),
             recorder,
             handle,
             process,
@@ -226,6 +261,11 @@ impl Metrics {
 
     pub fn handshake(&self, outcome: Handshake) {
         self.handshakes[Handshake::ALL.iter().position(|h| *h == outcome).unwrap_or(0)].increment(1);
+    }
+
+    /// The counter of what `limit` refused.
+    pub fn limited(&self, limit: Limit) -> Counter {
+        self.limited[Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0)].clone()
     }
 
     /// The gauge of live sessions speaking `version` (1, 2 or 3).

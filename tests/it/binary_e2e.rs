@@ -123,6 +123,14 @@ impl Gateway {
         panic!("/readyz not 200 within {limit:?} (last: {last}):\n{}", self.log());
     }
 
+    /// SIGKILL: no drain, no flush, as when the machine loses power or the OOM killer strikes.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then the exit status (panics if the process is still running after `limit`).
     pub(crate) async fn terminate(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -59,6 +59,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         ..Settings::default()
     };
     settings.session.vad_silence_ms = 400;
+    // Every test device connects from 127.0.0.1: per-address limits are for the tests of limits.
+    settings.limits.upgrades_per_sec = 0;
+    settings.limits.ota_per_sec = 0;
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
     let server = Application::build_with(settings.clone(), Arc::new(EchoPipeline::new()))

@@ -498,6 +498,7 @@ macro_rules! conformance {
         }
     };
 }
+/// Runs each named test on SQLite and on PostgreSQL (also used by the other store suites).
 pub(crate) use conformance;
 
 conformance!(
