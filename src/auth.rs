@@ -40,10 +40,29 @@ impl Credentials {
         };
         let query = |name: &str| query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let device_id = header("device-id").or_else(|| query("device-id")).map(str::to_ascii_lowercase);
-        let client_id = header("client-id").or_else(|| query("client-id")).map(str::to_owned);
+        let client_id = header("client-id").or_else(|| query("client-id")).and_then(client_id);
         let token = header("authorization").or_else(|| query("authorization")).and_then(bearer);
         Self { device_id, client_id, token }
     }
+}
+
+/// A client id as sent, or `None` for what is no id: empty, a placeholder some clients send
+/// (`None`, `null`, `undefined`), over 64 characters, or with characters a UUID-like id never
+/// has.
+pub(crate) fn client_id(raw: &str) -> Option<String> {
+    let id = raw.trim();
+    let placeholder =
+        ["none", "null", "nil", "undefined", "unknown"].iter().any(|p| id.eq_ignore_ascii_case(p));
+    let well_formed = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'));
+    if placeholder || !well_formed {
+        if !id.is_empty() {
+            tracing::debug!(client_id = %id.escape_debug(), "client id ignored: not an id");
+        }
+        return None;
+    }
+    Some(id.to_owned())
 }
 
 /// Strips a `Bearer` prefix; an empty token (`"Bearer"`, `"Bearer "`) is no token.
@@ -67,13 +86,15 @@ pub enum AuthError {
     Expired,
     #[error("access token was issued to another device")]
     WrongDevice,
+    #[error("access token was issued to this device under another client id")]
+    WrongClient,
 }
 
 impl AuthError {
     /// 401 for missing or unusable credentials, 403 for a valid token used by the wrong device.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::WrongDevice => StatusCode::FORBIDDEN,
+            Self::WrongDevice | Self::WrongClient => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -85,6 +106,8 @@ pub struct Authenticator {
     /// SHA-256 of each static token, so comparison time does not depend on token lengths.
     static_digests: Vec<[u8; 32]>,
     secret: Option<Vec<u8>>,
+    /// Handed out by OTA when there is no secret.
+    ota_token: Option<String>,
     ttl_secs: u64,
     allowed_devices: Vec<String>,
     /// Signs vision upload tokens: the configured secret (so any gateway process of a
@@ -101,7 +124,13 @@ impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Self {
         Self {
             enabled: settings.enabled(),
-            static_digests: settings.tokens.iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect(),
+            static_digests: settings
+                .tokens
+                .iter()
+                .chain(&settings.ota_token)
+                .map(|t| Sha256::digest(t.as_bytes()).into())
+                .collect(),
+            ota_token: settings.ota_token.clone(),
             secret: settings.secret.as_ref().map(|s| s.as_bytes().to_vec()),
             ttl_secs: settings.token_ttl_secs,
             allowed_devices: settings.allowed_devices.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -153,8 +182,11 @@ impl Authenticator {
         let expiry: u64 = parts.next().and_then(|e| e.parse().ok()).ok_or(AuthError::InvalidToken)?;
         let device = parts.next().ok_or(AuthError::InvalidToken)?;
         let client = parts.next().ok_or(AuthError::InvalidToken)?;
-        if creds.device_id.as_deref() != Some(device) || creds.client_id.as_deref().unwrap_or("") != client {
+        if creds.device_id.as_deref() != Some(device) {
             return Err(AuthError::WrongDevice);
+        }
+        if creds.client_id.as_deref().unwrap_or("") != client {
+            return Err(AuthError::WrongClient);
         }
         if expiry < unix_now() {
             return Err(AuthError::Expired);
@@ -162,10 +194,15 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Issues a token bound to the device and client ids, or `None` without a secret.
+    /// The token OTA hands a device: one bound to the device and client ids (with a secret),
+    /// the configured OTA token, or `None`.
     pub fn issue(&self, device_id: &str, client_id: &str) -> Option<String> {
-        let secret = self.secret.as_deref()?;
-        Some(sign(secret, client_id, &device_id.to_ascii_lowercase(), unix_now() + self.ttl_secs))
+        match self.secret.as_deref() {
+            Some(secret) => {
+                Some(sign(secret, client_id, &device_id.to_ascii_lowercase(), unix_now() + self.ttl_secs))
+            }
+            None => self.ota_token.clone(),
+        }
     }
 }
 
@@ -231,6 +268,7 @@ mod tests {
             secret: secret.map(str::to_owned),
             token_ttl_secs: ttl,
             allowed_devices: vec!["aa:bb:cc:dd:ee:ff".into()],
+            ota_token: None,
         })
     }
 
@@ -271,7 +309,7 @@ mod tests {
         let t = a.issue("01:02", "c").unwrap();
         assert_eq!(a.check(&creds("01:02", "c", Some(&t))), Ok(()));
         assert_eq!(a.check(&creds("01:03", "c", Some(&t))), Err(AuthError::WrongDevice));
-        assert_eq!(a.check(&creds("01:02", "other", Some(&t))), Err(AuthError::WrongDevice));
+        assert_eq!(a.check(&creds("01:02", "other", Some(&t))), Err(AuthError::WrongClient));
         let expired = auth(&[], Some("k"), 0);
         let old = sign(b"k", "c", "01:02", 1);
         assert_eq!(expired.check(&creds("01:02", "c", Some(&old))), Err(AuthError::Expired));

@@ -11,6 +11,19 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod go_yaml;
+
+/// What `DB_TYPE=mysql` (or `database.type: mysql`) is answered with.
+pub const MYSQL_HINT: &str = "MySQL is not a live backend; import it with `xiaozhi-gateway import mysql` and run on PostgreSQL or SQLite";
+
+/// Environment names another part of the starting design uses, read as aliases of ours (ours
+/// win when both are set).
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("MINIO_ACCESS_KEY_ID", "storage.access_key"),
+    ("MINIO_SECRET_ACCESS_KEY", "storage.secret_key"),
+    ("MINIO_BUCKET_NAME", "storage.bucket"),
+];
+
 /// One documented setting: its environment name, its key in the config file, its default
 /// and what it means.
 pub struct SettingDoc {
@@ -40,6 +53,7 @@ settings_table! {
     "XIAOZHI_READY_MAX_UPLOAD_BACKLOG" => "ops.ready_max_upload_backlog", "5000", "/readyz reports 503 when more clips than this wait for upload.";
     "XIAOZHI_AUTH_TOKENS" => "auth.tokens", "", "Comma-separated static access tokens. Authentication is on when this or auth.secret is set.";
     "XIAOZHI_AUTH_SECRET" => "auth.secret", "", "Secret for HMAC-signed tokens that the OTA endpoint issues, bound to device id and client id.";
+    "XIAOZHI_AUTH_OTA_TOKEN" => "auth.ota_token", "", "A static token the OTA endpoint hands to every device (accepted like auth.tokens). Firmware 1.6.1 and later takes its token only from OTA: with static tokens and no auth.secret, set this or devices are refused.";
     "XIAOZHI_AUTH_TOKEN_TTL_SECS" => "auth.token_ttl_secs", "2592000", "Lifetime of OTA-issued tokens (30 days).";
     "XIAOZHI_AUTH_ALLOWED_DEVICES" => "auth.allowed_devices", "", "Comma-separated device ids (MACs) admitted without a token.";
     "XIAOZHI_LIMIT_UPGRADES_PER_SEC" => "limits.upgrades_per_sec", "20", "WebSocket upgrades per second from one source address (burst as large); beyond it HTTP 429 with Retry-After. 0: no limit. Behind a reverse proxy every device shares the proxy's address: raise it or limit at the proxy.";
@@ -51,6 +65,7 @@ settings_table! {
     "XIAOZHI_HTTP_BODY_TIMEOUT_SECS" => "limits.body_timeout_secs", "30", "How long a client may take between the bytes of a request body, on every route; the request fails after it.";
     "XIAOZHI_HELLO_TIMEOUT_MS" => "session.hello_timeout_ms", "10000", "How long a new connection may take to send its hello before it is closed.";
     "XIAOZHI_IDLE_TIMEOUT_SECS" => "session.idle_timeout_secs", "120", "A session without user speech for this long is closed cleanly.";
+    "XIAOZHI_TCP_KEEPALIVE_SECS" => "session.tcp_keepalive_secs", "60", "TCP keepalive on every connection: a peer that vanished without closing is found within about this many seconds (0: off). The gateway sends no WebSocket pings (some firmware drops connections that get them).";
     "XIAOZHI_MAX_CONNECTIONS" => "session.max_connections", "10000", "Most concurrent device sessions; further upgrades get HTTP 503.";
     "XIAOZHI_MAX_MESSAGE_BYTES" => "session.max_message_bytes", "65536", "Largest WebSocket message (text or binary) accepted from a device; larger closes with 1009.";
     "XIAOZHI_MAX_UTTERANCE_SECS" => "session.max_utterance_secs", "30", "Longest user utterance kept; audio beyond it ends the turn.";
@@ -82,7 +97,10 @@ settings_table! {
     "XIAOZHI_SYSTEM_PROMPT" => "brain.system_prompt", "You are a friendly voice assistant on a small speaker. Answer briefly, in the user's language, in plain sentences without lists or markup.", "System prompt for devices without their own (set per device through the admin API).";
     "XIAOZHI_MEMORY_MESSAGES" => "brain.memory_messages", "10", "How many of the device's earlier messages go with each request.";
     "XIAOZHI_PROVIDER_TIMEOUT_SECS" => "brain.provider_timeout_secs", "30", "Per-request timeout of each provider (first byte and gaps in streams).";
-    "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres.";
+    "XIAOZHI_EMBEDDINGS_URL" => "embeddings.url", "", "OpenAI-compatible embeddings API base (e.g. https://api.openai.com/v1). Set: messages are embedded in the background (older ones too) and GET /api/search?mode=semantic searches by meaning.";
+    "XIAOZHI_EMBEDDINGS_MODEL" => "embeddings.model", "text-embedding-3-small", "Embedding model. Changing it re-embeds every message in the background.";
+    "XIAOZHI_EMBEDDINGS_API_KEY" => "embeddings.api_key", "", "Bearer key for the embeddings API.";
+        "DB_TYPE" => "database.kind", "sqlite", "Database: sqlite (embedded, under the data dir) or postgres. (mysql is not a live backend: import it with `xiaozhi-gateway import mysql`.)";
     "DATABASE_URL" => "database.url", "", "A whole database URL; overrides the DB_* parts.";
     "DB_HOST" => "database.host", "localhost", "PostgreSQL host.";
     "DB_PORT" => "database.port", "5432", "PostgreSQL port.";
@@ -99,12 +117,13 @@ settings_table! {
     "XIAOZHI_STORE_QUEUE_MB" => "database.queue_mb", "64", "Memory budget of that queue (clip audio mostly), in MiB.";
     "XIAOZHI_MESSAGE_RETENTION_DAYS" => "database.message_retention_days", "0", "Delete messages and clips older than this many days (0: keep forever).";
     "MINIO_ENDPOINT" => "storage.endpoint", "", "MinIO/S3 endpoint (host:port). Empty: clips go to a directory under the data dir.";
-    "MINIO_ACCESS_KEY" => "storage.access_key", "", "S3 access key.";
-    "MINIO_SECRET_KEY" => "storage.secret_key", "", "S3 secret key.";
+    "MINIO_ACCESS_KEY" => "storage.access_key", "", "S3 access key (alias: MINIO_ACCESS_KEY_ID).";
+    "MINIO_SECRET_KEY" => "storage.secret_key", "", "S3 secret key (alias: MINIO_SECRET_ACCESS_KEY).";
     "MINIO_USE_SSL" => "storage.use_ssl", "false", "Use https for the S3 endpoint.";
-    "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing).";
+    "MINIO_BUCKET_AUDIO" => "storage.bucket", "xiaozhi-audio", "Bucket for audio clips (created when missing; alias: MINIO_BUCKET_NAME).";
     "MINIO_REGION" => "storage.region", "us-east-1", "S3 region.";
     "XIAOZHI_CLIP_FORMAT" => "storage.clip_format", "ogg", "Clip files: ogg (the packets as sent, no transcoding) or wav (decoded 16-bit PCM).";
+    "XIAOZHI_KEEP_AUDIO" => "storage.keep_audio", "all", "Which audio clips are kept: all, user (the device's speech only) or none. Messages (text) are always kept, and camera images.";
     "XIAOZHI_UPLOAD_WORKERS" => "storage.upload_workers", "4", "Upload workers per gateway process.";
     "XIAOZHI_UPLOAD_MAX_ATTEMPTS" => "storage.upload_max_attempts", "12", "Attempts before a clip is marked failed (it stays staged and visible).";
     "XIAOZHI_UPLOAD_BACKOFF_MAX_SECS" => "storage.upload_backoff_max_secs", "300", "Longest wait between upload attempts (exponential backoff with jitter up to this).";
@@ -130,6 +149,9 @@ pub struct AuthSettings {
     /// HMAC key for tokens issued by the OTA endpoint.
     #[serde(deserialize_with = "opt_string")]
     pub secret: Option<String>,
+    /// A static token the OTA endpoint hands to every device (when there is no secret).
+    #[serde(deserialize_with = "opt_string")]
+    pub ota_token: Option<String>,
     /// Lifetime of issued tokens in seconds.
     pub token_ttl_secs: u64,
     /// Devices admitted without a token.
@@ -140,7 +162,17 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Authentication is on as soon as any credential is configured.
     pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty() || self.secret.is_some()
+        !self.tokens.is_empty() || self.secret.is_some() || self.ota_token.is_some()
+    }
+
+    /// Why devices that take their token from OTA (firmware 1.6.1 and later) would all be
+    /// refused with these settings, if they would.
+    pub fn lockout(&self) -> Option<&'static str> {
+        (self.enabled() && self.secret.is_none() && self.ota_token.is_none()).then_some(
+            "static tokens without XIAOZHI_AUTH_SECRET or XIAOZHI_AUTH_OTA_TOKEN: the OTA answer carries an \
+             empty token, and firmware 1.6.1 and later (which takes its token only from OTA) is refused with 401; \
+             set XIAOZHI_AUTH_SECRET for per-device tokens or XIAOZHI_AUTH_OTA_TOKEN to hand out a static one",
+        )
     }
 }
 
@@ -150,6 +182,8 @@ impl AuthSettings {
 pub struct SessionSettings {
     pub hello_timeout_ms: u64,
     pub idle_timeout_secs: u64,
+    /// TCP keepalive detection time (0: off).
+    pub tcp_keepalive_secs: u64,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub max_utterance_secs: u64,
@@ -166,6 +200,7 @@ impl Default for SessionSettings {
         Self {
             hello_timeout_ms: 10_000,
             idle_timeout_secs: 120,
+            tcp_keepalive_secs: 60,
             max_connections: 10_000,
             max_message_bytes: 64 * 1024,
             max_utterance_secs: 30,
@@ -182,6 +217,18 @@ impl SessionSettings {
     pub fn hello_timeout(&self) -> Duration {
         Duration::from_millis(self.hello_timeout_ms)
     }
+    /// TCP keepalive that finds a vanished peer within the detection time: quiet for half of
+    /// it, then three probes over the other half. `None` when off.
+    pub fn tcp_keepalive(&self) -> Option<(Duration, Duration, u32)> {
+        const PROBES: u32 = 3;
+        let total = self.tcp_keepalive_secs;
+        (total > 0).then(|| {
+            let idle = (total / 2).max(1);
+            let interval = ((total - idle) / u64::from(PROBES)).max(1);
+            (Duration::from_secs(idle), Duration::from_secs(interval), PROBES)
+        })
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
@@ -256,6 +303,7 @@ pub enum DatabaseKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DatabaseSettings {
+    #[serde(deserialize_with = "database_kind")]
     pub kind: DatabaseKind,
     #[serde(deserialize_with = "opt_string")]
     pub url: Option<String>,
@@ -319,6 +367,7 @@ pub struct StorageSettings {
     #[serde(deserialize_with = "lenient_string")]
     pub region: String,
     pub clip_format: ClipFileFormat,
+    pub keep_audio: KeepAudio,
     pub upload_workers: usize,
     pub upload_max_attempts: u32,
     pub upload_backoff_max_secs: u64,
@@ -336,6 +385,20 @@ pub enum ClipFileFormat {
     Wav,
 }
 
+/// Which audio clips are kept (`XIAOZHI_KEEP_AUDIO`, the starting design's
+/// `enable_audio_storage`); text is always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAudio {
+    /// The device's speech and the synthesized replies.
+    #[default]
+    All,
+    /// Only the device's speech.
+    User,
+    /// No audio (camera images are still kept).
+    None,
+}
+
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
@@ -346,6 +409,7 @@ impl Default for StorageSettings {
             bucket: "xiaozhi-audio".into(),
             region: "us-east-1".into(),
             clip_format: ClipFileFormat::Ogg,
+            keep_audio: KeepAudio::All,
             upload_workers: 4,
             upload_max_attempts: 12,
             upload_backoff_max_secs: 300,
@@ -372,6 +436,28 @@ pub struct Settings {
     pub ops: OpsSettings,
     pub brain: BrainSettings,
     pub limits: LimitSettings,
+    /// Keys of a Go server `config.yaml` this gateway does not use (logged once at start-up).
+    #[serde(skip)]
+    pub ignored_file_keys: Vec<String>,
+    pub embeddings: EmbeddingsSettings,
+}
+
+/// Search by meaning: the embeddings provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbeddingsSettings {
+    #[serde(deserialize_with = "opt_string")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub model: String,
+    #[serde(deserialize_with = "opt_string")]
+    pub api_key: Option<String>,
+}
+
+impl Default for EmbeddingsSettings {
+    fn default() -> Self {
+        Self { url: None, model: default_from_table("embeddings.model").to_owned(), api_key: None }
+    }
 }
 
 /// The conversation brain's providers.
@@ -476,6 +562,8 @@ impl Default for Settings {
             ops: OpsSettings::default(),
             brain: BrainSettings::default(),
             limits: LimitSettings::default(),
+            ignored_file_keys: Vec::new(),
+            embeddings: EmbeddingsSettings::default(),
         }
     }
 }
@@ -500,12 +588,28 @@ impl Settings {
     /// As [`Settings::load`], with an explicit environment source (for tests).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let mut ignored = Vec::new();
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::MissingFile(path.to_owned()));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            if is_yaml(path) {
+                let go = go_yaml::read(path)?;
+                for (key, value) in go.values {
+                    figment = figment.merge(Serialized::default(key, value));
+                }
+                ignored = go.ignored;
+            } else {
+                figment = figment.merge(Toml::file_exact(path));
+            }
         }
+        // The starting design's other names: below ours, so ours win when both are set.
+        let aliases = env.clone().filter_map(|name| {
+            let (alias, key) = ENV_ALIASES.iter().find(|(a, _)| name.as_str().eq_ignore_ascii_case(a))?;
+            let empty = std::env::var(alias).is_ok_and(|v| v.trim().is_empty());
+            (!empty).then(|| (*key).into())
+        });
+        figment = figment.merge(aliases);
         // An empty variable means "not set" rather than "set to nothing".
         let env = env.filter_map(|name| {
             let doc = SETTINGS.iter().find(|s| name.as_str().eq_ignore_ascii_case(s.env))?;
@@ -513,9 +617,20 @@ impl Settings {
             (!empty).then(|| doc.key.into())
         });
         let figment = figment.merge(env);
-        let settings: Settings = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        let mut settings: Settings = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        settings.ignored_file_keys = ignored;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Lists, once, the keys of a Go server `config.yaml` that this gateway does not use.
+    pub fn log_ignored_file_keys(&self) {
+        if !self.ignored_file_keys.is_empty() {
+            tracing::warn!(
+                keys = %self.ignored_file_keys.join(", "),
+                "config file keys this gateway does not use (ignored)"
+            );
+        }
     }
 
     /// Checks what types alone cannot.
@@ -730,6 +845,22 @@ fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     Ok(s.filter(|s| !s.trim().is_empty()))
 }
 
+/// `.yaml`/`.yml`: the Go server's file; anything else is our TOML.
+fn is_yaml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// The database kind, answering `mysql` with what to do instead.
+fn database_kind<'de, D: Deserializer<'de>>(d: D) -> Result<DatabaseKind, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "sqlite" => Ok(DatabaseKind::Sqlite),
+        "postgres" | "postgresql" | "pg" => Ok(DatabaseKind::Postgres),
+        "mysql" | "mariadb" => Err(serde::de::Error::custom(MYSQL_HINT)),
+        other => Err(serde::de::Error::custom(format!("{other:?} is not sqlite or postgres"))),
+    }
+}
+
 /// A list given either as an array or as one comma-separated string.
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -856,6 +987,7 @@ mod tests {
             "wav",
             "require",
             "aa:bb:cc:dd:ee:ff",
+            "user",
         ];
         for doc in SETTINGS {
             let before = documented(&base_settings, doc.key);
@@ -922,6 +1054,71 @@ mod tests {
                 Settings::load(Some(Path::new("missing.toml"))),
                 Err(ConfigError::MissingFile(_))
             ));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn starting_design_names_are_aliases_and_ours_win() {
+        let s = load(&[
+            ("MINIO_ENDPOINT", "minio:9000"),
+            ("MINIO_ACCESS_KEY_ID", "ak"),
+            ("MINIO_SECRET_ACCESS_KEY", "sk"),
+            ("MINIO_BUCKET_NAME", "voice"),
+        ])
+        .unwrap();
+        assert_eq!((s.storage.access_key.as_str(), s.storage.secret_key.as_str()), ("ak", "sk"));
+        assert_eq!(s.storage.bucket, "voice");
+        let s = load(&[
+            ("MINIO_ENDPOINT", "minio:9000"),
+            ("MINIO_ACCESS_KEY_ID", "alias"),
+            ("MINIO_ACCESS_KEY", "ours"),
+            ("MINIO_SECRET_KEY", "sk"),
+        ])
+        .unwrap();
+        assert_eq!(s.storage.access_key, "ours");
+    }
+
+    #[test]
+    fn mysql_is_answered_with_the_import_command() {
+        let err = load(&[("DB_TYPE", "mysql")]).unwrap_err().to_string();
+        assert!(err.contains("DB_TYPE") && err.contains(MYSQL_HINT), "{err}");
+    }
+
+    #[test]
+    fn the_go_servers_yaml_maps_to_our_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "config.yaml",
+                "database:\n  type: \"postgres\"\n  host: \"pg\"\n  port: \"15432\"\n  username: \"xiaozhi\"\n  \
+                 password: \"0123\"\n  database: \"xiaozhi_admin\"\n  ssl_mode: \"require\"\n\
+                 minio:\n  endpoint: \"minio:9000\"\n  access_key_id: \"ak\"\n  secret_access_key: \"sk\"\n  \
+                 use_ssl: \"true\"\n  bucket_audio: \"audio\"\n  region: \"cn\"\n\
+                 conversation:\n  storage_type: \"redis\"\n  postgres:\n    enable_audio_storage: false\n    \
+                 message_retention_days: 90\nmqtt:\n  broker: \"x\"\nwakeup_words:\n  - \"小智\"\n",
+            )?;
+            jail.set_env("DB_HOST", "from-env");
+            let s = Settings::load(Some(Path::new("config.yaml"))).unwrap();
+            assert_eq!(s.database.kind, DatabaseKind::Postgres);
+            assert_eq!(s.database.host, "from-env", "the environment still wins");
+            assert_eq!((s.database.port, s.database.user.as_str()), (15432, "xiaozhi"));
+            assert_eq!(s.database.password, "0123", "a quoted password stays a string");
+            assert_eq!(
+                (s.database.name.as_str(), s.database.ssl_mode.as_str()),
+                ("xiaozhi_admin", "require")
+            );
+            assert_eq!(s.storage.endpoint.as_deref(), Some("minio:9000"));
+            assert_eq!((s.storage.access_key.as_str(), s.storage.secret_key.as_str()), ("ak", "sk"));
+            assert!(s.storage.use_ssl);
+            assert_eq!((s.storage.bucket.as_str(), s.storage.region.as_str()), ("audio", "cn"));
+            assert_eq!(s.database.message_retention_days, 90);
+            let ignored = s.ignored_file_keys.join("; ");
+            assert!(ignored.contains("mqtt.broker") && ignored.contains("wakeup_words"), "{ignored}");
+            assert!(
+                ignored.contains("storage_type = redis") && ignored.contains("enable_audio_storage = false")
+            );
+            assert!(!ignored.contains("database.") && !ignored.contains("minio."), "{ignored}");
             Ok(())
         });
     }

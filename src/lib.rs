@@ -25,6 +25,11 @@
 //! * [`telemetry`]: the tracing subscriber and the Prometheus metrics.
 //! * [`config`]: typed settings (defaults < TOML file < environment), validated once.
 //! * [`loadtest`]: `xiaozhi-gateway loadtest`, simulated talking and idle devices.
+//! * `console`: the operator console in the browser at `/console/` (embedded assets).
+//! * [`embeddings`]: search by meaning: the embeddings provider and its background worker.
+//! * [`export`]: messages as JSON lines or CSV, a conversation as a `.zip` (API and CLI).
+//! * [`import`]: `xiaozhi-gateway import`, moving in from the existing servers (the Python
+//!   server's MySQL, the Go server's Redis and PostgreSQL).
 //! * [`client`]: a simulated device (tests and the load generator).
 //!
 //! The wire protocol itself lives in the `firmware-protocol` crate.
@@ -39,8 +44,12 @@ pub mod audio;
 pub(crate) mod auth;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod conversation;
 pub mod devices;
+pub mod embeddings;
+pub mod export;
+pub mod import;
 pub mod limits;
 pub mod loadtest;
 pub(crate) mod ota;

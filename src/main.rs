@@ -11,7 +11,8 @@ use xiaozhi_gateway::startup::{self, Application};
 #[derive(Parser)]
 #[command(name = "xiaozhi-gateway", version, about = "WebSocket voice gateway for xiaozhi ESP32 devices")]
 struct Cli {
-    /// TOML configuration file (environment variables override it).
+    /// Configuration file: our TOML, or the Go xiaozhi server's `config.yaml` as it is
+    /// (environment variables override it).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -32,6 +33,10 @@ enum Command {
     Migrate,
     /// Simulate devices against a gateway and report latency, frame timing and gateway cost.
     Loadtest(xiaozhi_gateway::loadtest::LoadtestArgs),
+    /// Bring history, devices and prompts over from an existing server into the configured store.
+    Import(xiaozhi_gateway::import::ImportArgs),
+    /// Export messages (JSON lines or CSV) or one conversation (.zip) from the configured store.
+    Export(xiaozhi_gateway::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import(args) => import(args, cli.config.as_deref()),
+        Command::Export(args) => export(cli.config.as_deref(), &args),
         Command::Migrate => {
             let settings = match Settings::load(cli.config.as_deref()) {
                 Ok(s) => s,
@@ -80,10 +87,11 @@ fn main() -> ExitCode {
                 }
             };
             xiaozhi_gateway::telemetry::init(settings.log_format);
+            settings.log_ignored_file_keys();
             let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async {
                     std::fs::create_dir_all(&settings.data_dir)?;
-                    let store = startup::open_store(&settings).await?;
+                    let store = xiaozhi_gateway::store::open(&settings).await?;
                     let version = store.applied_version().await?;
                     println!("database schema at version {version} ({:?})", store.kind());
                     anyhow::Ok(())
@@ -109,6 +117,7 @@ fn main() -> ExitCode {
                 settings.listen = addr;
             }
             xiaozhi_gateway::telemetry::init(settings.log_format);
+            settings.log_ignored_file_keys();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -124,6 +133,64 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `import`: exit 0 when everything landed, 1 when rows were rejected or the run stopped
+/// early, 2 on a configuration error.
+fn import(args: xiaozhi_gateway::import::ImportArgs, config: Option<&std::path::Path>) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    xiaozhi_gateway::telemetry::init(xiaozhi_gateway::config::LogFormat::Text);
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(xiaozhi_gateway::import::run(args, &settings)).map_err(|e| e.to_string()));
+    match result {
+        Ok(summary) => {
+            print!("{}", summary.text());
+            let rejected = summary.messages.rejected
+                + summary.clips.rejected
+                + summary.devices.rejected
+                + summary.prompts.rejected;
+            if summary.aborted.is_some() || rejected > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `xiaozhi-gateway export`: the configured store and object storage, no server.
+fn export(config: Option<&std::path::Path>, args: &xiaozhi_gateway::export::ExportArgs) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(async { xiaozhi_gateway::export::run_configured(&settings, args).await }));
+    match result {
+        Ok(n) => {
+            eprintln!(
+                "exported {n} {} to {}",
+                if args.conversation.is_some() { "bytes" } else { "messages" },
+                args.output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xiaozhi-gateway: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

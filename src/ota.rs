@@ -47,7 +47,7 @@ pub(crate) async fn check_version(
     let creds = Credentials::from_request(&headers, &query);
     let device_id =
         creds.device_id.clone().or_else(|| req.mac_address.as_deref().map(str::to_ascii_lowercase));
-    let client_id = creds.client_id.clone().or_else(|| req.uuid.clone());
+    let client_id = creds.client_id.clone().or_else(|| req.uuid.as_deref().and_then(crate::auth::client_id));
     let Some(device_id) = device_id else {
         return error(StatusCode::BAD_REQUEST, "Device-Id header (or mac_address in the body) is required");
     };
@@ -68,6 +68,11 @@ pub(crate) async fn check_version(
 
     let settings = &app.settings;
     let token = app.auth.issue(&device_id, client_id.as_deref().unwrap_or("")).unwrap_or_default();
+    if token.is_empty()
+        && let Some(why) = settings.auth.lockout()
+    {
+        tracing::warn!(device_id = %device_id, "OTA gives this device no token, so it will be refused: {why}");
+    }
     let url = ws_url(settings.public_url.as_deref(), &headers);
     let firmware = match (&settings.ota.firmware_version, &settings.ota.firmware_url) {
         (Some(version), Some(url)) => Some(Firmware { version: version.clone(), url: url.clone() }),

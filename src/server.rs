@@ -132,6 +132,7 @@ fn router(app: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(app.settings.brain.vision_max_bytes.saturating_add(64 << 10))),
         )
         .merge(crate::api::router(app.api()))
+        .merge(crate::console::router())
         .fallback(upgrade)
         .with_state(app)
 }
@@ -160,9 +161,19 @@ impl Server {
         use axum::serve::ListenerExt;
         let shutdown = self.app.shutdown.clone();
         info!(addr = %self.addr, "listening");
-        // Small messages (subtitles, 60 ms frames) must not wait for Nagle's algorithm.
-        let listener = self.listener.tap_io(|tcp| {
+        // Small messages (subtitles, 60 ms frames) must not wait for Nagle's algorithm; a peer
+        // that vanished without a FIN is found by TCP keepalive, not by pings (firmware that
+        // gets WebSocket pings it does not expect may drop the connection).
+        let keepalive = self.app.settings.session.tcp_keepalive().map(|(idle, interval, probes)| {
+            socket2::TcpKeepalive::new().with_time(idle).with_interval(interval).with_retries(probes)
+        });
+        let listener = self.listener.tap_io(move |tcp| {
             let _ = tcp.set_nodelay(true);
+            if let Some(k) = &keepalive
+                && let Err(e) = socket2::SockRef::from(&*tcp).set_tcp_keepalive(k)
+            {
+                tracing::debug!(error = %e, "TCP keepalive not set");
+            }
         });
         let limits = &self.app.settings.limits;
         let deadlines = http::Deadlines {

@@ -24,8 +24,8 @@ pub use crate::server::AppState;
 use crate::server::Server;
 use crate::session::SessionContext;
 use crate::session::registry::SessionRegistry;
+use crate::store::StoreError;
 use crate::store::writer::{StoreWriter, WriterConfig};
-use crate::store::{PoolOptions, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
 use crate::uploads::pool::{PoolConfig, UploadPool};
 use crate::uploads::storage::{ClipStorage, StorageError};
@@ -45,8 +45,6 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
-/// How long start-up keeps trying to reach the database before giving up.
-const STORE_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a stop waits for sessions to close once they were told to.
 const SESSIONS_CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a stop waits for the store writer to commit what sessions handed it.
@@ -121,24 +119,6 @@ pub async fn drain(state: &AppState, deadline: Duration) {
     state.shutdown.cancel();
 }
 
-/// Connects to the configured database and brings its schema up to date, waiting a while for
-/// a database that is still starting; a schema newer than this binary is refused at once.
-pub async fn open_store(settings: &Settings) -> Result<Store, StoreError> {
-    let opts = PoolOptions::from_settings(&settings.database);
-    let store = Store::connect(&settings.database, &settings.data_dir, &opts).await?;
-    let deadline = tokio::time::Instant::now() + STORE_STARTUP_PATIENCE;
-    loop {
-        match store.migrate().await {
-            Ok(()) => return Ok(store),
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Starts every background part and assembles what the routes share.
 async fn assemble_state(
     settings: Settings,
@@ -148,7 +128,7 @@ async fn assemble_state(
         .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
     crate::install_crypto_provider();
     announce::announce(&settings, pipeline.is_some());
-    let store = open_store(&settings).await?;
+    let store = crate::store::open(&settings).await?;
     let storage = ClipStorage::open(&settings).await?;
     let wake_uploads = Arc::new(tokio::sync::Notify::new());
     let metrics = Metrics::new();
@@ -157,6 +137,7 @@ async fn assemble_state(
     writer_config.max_queue_bytes = settings.database.queue_mb << 20;
     writer_config.on_commit = Some(wake_uploads.clone());
     writer_config.commit_latency = Some(metrics.store_commit.clone());
+    writer_config.keep_audio = settings.storage.keep_audio;
     let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
     let pipeline = match pipeline {
         Some(p) => p,
@@ -172,6 +153,7 @@ async fn assemble_state(
         wake_uploads,
         shutdown.clone(),
     );
+    crate::embeddings::spawn(&settings.embeddings, store.clone(), shutdown.clone());
     tokio::spawn(crate::store::retention::run_schedule(
         store.clone(),
         settings.database.message_retention_days,
@@ -181,6 +163,9 @@ async fn assemble_state(
     ));
     let limits = Arc::new(Limits::new(&settings.limits, &metrics));
     tokio::spawn(crate::limits::prune_schedule(limits.clone(), Duration::from_secs(60), shutdown.clone()));
+    if let Some(why) = settings.auth.lockout() {
+        warn!("authentication locks firmware out: {why}");
+    }
     let auth = Arc::new(Authenticator::new(&settings.auth));
     let devices = Arc::new(DeviceRegistry::default());
     let sessions = Arc::new(SessionRegistry::default());

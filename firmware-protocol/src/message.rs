@@ -341,6 +341,20 @@ impl ServerMessage {
         serde_json::to_string(self).expect("server messages always serialise")
     }
 
+    /// Serialises the message with the session's id, as the reference server sends every
+    /// message (web clients take the id for their `abort` from `tts start`). The hello carries
+    /// its own.
+    pub fn to_json_in(&self, session_id: &str) -> String {
+        if let Self::Hello(_) = self {
+            return self.to_json();
+        }
+        let mut value = serde_json::to_value(self).expect("server messages always serialise");
+        if let Value::Object(map) = &mut value {
+            map.insert("session_id".into(), Value::String(session_id.to_owned()));
+        }
+        value.to_string()
+    }
+
     /// Parses a server message (for clients and tests).
     pub fn parse(text: &str) -> Result<Self, MessageError> {
         serde_json::from_str(text).map_err(|e| MessageError::NotJson(e.to_string()))
@@ -485,6 +499,13 @@ mod tests {
             r#"{"type":"tts","state":"sentence_start","text":"hi"}"#
         );
         assert_eq!(ServerMessage::tts(TtsState::Stop).to_json(), r#"{"type":"tts","state":"stop"}"#);
+        let v: Value = serde_json::from_str(&ServerMessage::tts(TtsState::Start).to_json_in("s-1")).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "tts", "state": "start", "session_id": "s-1"}));
+        assert_eq!(
+            ServerMessage::parse(&ServerMessage::sentence("y").to_json_in("s-1")).unwrap(),
+            ServerMessage::sentence("y"),
+            "clients that do not know the id still read the message"
+        );
         for m in [hello, ServerMessage::Stt { text: "x".into() }, ServerMessage::sentence("y")] {
             assert_eq!(ServerMessage::parse(&m.to_json()).unwrap(), m);
         }

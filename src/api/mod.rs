@@ -4,14 +4,13 @@
 //! token is configured the whole API answers 404. The OpenAPI document is served at
 //! `/api/openapi.json` and the tests check the live API against it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -28,10 +27,15 @@ use crate::session::registry::{CommandError, SessionCommand, SessionRegistry};
 use crate::store::Store;
 use crate::store::StoreError;
 use crate::store::model::StoredMessage;
-use crate::store::queries::decode_cursor;
 use crate::store::writer::StoreWriter;
 use crate::uploads::pool::UploadPool;
 use crate::uploads::storage::ClipStorage;
+
+mod conversations;
+mod devices;
+mod export;
+mod params;
+mod search;
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -85,10 +89,16 @@ where
 {
     Router::new()
         .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .route("/api/conversations", get(list_conversations))
+        .route("/api/conversations", get(conversations::list))
         .route("/api/conversations/{session_id}", get(get_conversation).delete(delete_conversation))
-        .route("/api/conversations/{session_id}/messages", get(conversation_messages))
+        .route("/api/conversations/{session_id}/messages", get(conversations::messages))
         .route("/api/audio/{file_id}", get(audio))
+        .route("/api/search", get(search::search))
+        .route("/api/devices", get(devices::list_devices))
+        .route("/api/devices/{device_id}", get(devices::get_device))
+        .route("/api/stats", get(devices::stats))
+        .route("/api/export", get(export::export_messages))
+        .route("/api/conversations/{session_id}/export", get(export::export_conversation))
         .route("/api/devices/{device_id}/system-prompt", get(get_prompt).put(put_prompt))
         .route("/api/devices/{device_id}/data", delete(forget_device))
         .route("/api/devices/{device_id}/say", post(say))
@@ -132,34 +142,6 @@ fn parse_uuid(s: &str, what: &str) -> ApiResult<Uuid> {
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} {s:?} is not a UUID")))
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    device_id: Option<String>,
-    cursor: Option<String>,
-    limit: Option<String>,
-}
-
-async fn list_conversations(
-    State(app): State<ApiState>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
-    let limit = match q.limit.as_deref() {
-        None | Some("") => 20,
-        Some(l) => l.parse::<i64>().ok().filter(|l| (1..=100).contains(l)).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "limit must be an integer from 1 to 100")
-        })?,
-    };
-    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(c) => {
-            Some(decode_cursor(c).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid cursor"))?)
-        }
-    };
-    let device = q.device_id.as_deref().filter(|d| !d.is_empty()).map(str::to_ascii_lowercase);
-    let page = app.store.sessions(device.as_deref(), cursor, limit).await?;
-    Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
-}
-
 async fn get_conversation(State(app): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id, "session_id")?;
     match app.store.session(id).await? {
@@ -191,29 +173,6 @@ async fn delete_conversation(State(app): State<ApiState>, Path(id): Path<String>
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"))
     }
-}
-
-async fn conversation_messages(
-    State(app): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let id = parse_uuid(&id, "session_id")?;
-    if app.store.session(id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
-    }
-    let messages = app.store.session_messages(id).await?;
-    let clips: HashMap<Uuid, _> =
-        app.store.session_clips(id).await?.into_iter().map(|c| (c.file_id, c)).collect();
-    let expiry = Duration::from_secs(app.settings.storage.presign_expiry_secs);
-    let mut items = Vec::with_capacity(messages.len());
-    for m in messages {
-        let audio_url = match m.audio_file_id.and_then(|f| clips.get(&f)) {
-            Some(c) => Some(audio_url(&app, c.file_id, &c.object_key, &c.upload_status, expiry).await),
-            None => None,
-        };
-        items.push(message_json(m, audio_url));
-    }
-    Ok(Json(json!({ "items": items })))
 }
 
 fn message_json(m: StoredMessage, audio_url: Option<String>) -> Value {

@@ -57,6 +57,8 @@ pub struct Speech {
 /// sending waits when the writer is a few frames ahead, so a fast producer never piles up.
 pub struct Reply {
     id: u64,
+    /// Every message names the session (web clients take the id for `abort` from it).
+    session_id: Arc<str>,
     tx: mpsc::Sender<Downlink>,
     /// The downlink frame duration announced in the hello; longer packets would overflow the
     /// device's decoder buffer.
@@ -90,12 +92,14 @@ pub struct ToolExchange {
 impl Reply {
     pub fn new(
         id: u64,
+        session_id: Arc<str>,
         tx: mpsc::Sender<Downlink>,
         max_packet: Duration,
         progress: Arc<ReplyProgress>,
     ) -> Self {
         Self {
             id,
+            session_id,
             tx,
             max_packet,
             started: false,
@@ -176,7 +180,7 @@ impl Reply {
     }
 
     async fn send_json(&self, m: &ServerMessage) -> Result<(), PipelineError> {
-        self.send(Downlink::ReplyText { reply: self.id, text: m.to_json() }).await
+        self.send(Downlink::ReplyText { reply: self.id, text: m.to_json_in(&self.session_id) }).await
     }
 
     /// Shows what the user said.

@@ -42,6 +42,8 @@ pub(crate) const LATE_THRESHOLD: Duration = Duration::from_millis(20);
 /// Pacing parameters for one connection.
 pub(crate) struct Pacing {
     pub version: ProtocolVersion,
+    /// Named in the `tts stop` the writer sends.
+    pub session_id: Arc<str>,
     /// How far ahead of the device's playback clock frames may be sent.
     pub prebuffer: Duration,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
@@ -153,6 +155,7 @@ pub(crate) async fn run<S: Sink<Message> + Unpin>(
     events: mpsc::UnboundedSender<WriterEvent>,
     pacing: Pacing,
 ) -> DownlinkStats {
+    let stop = ServerMessage::tts(TtsState::Stop).to_json_in(&pacing.session_id);
     let now = Instant::now();
     let mut pacer = Pacer {
         pacing,
@@ -184,9 +187,7 @@ pub(crate) async fn run<S: Sink<Message> + Unpin>(
                 {
                     // Before the device can hear of it: from here on the reply was not cut.
                     progress.completed.store(true, Ordering::Release);
-                    sent =
-                        send(&mut sink, Message::Text(ServerMessage::tts(TtsState::Stop).to_json().into()))
-                            .await;
+                    sent = send(&mut sink, Message::Text(stop.clone().into())).await;
                 }
                 progress.played.notify_one();
                 let _ = events.send(WriterEvent::PlaybackDone { reply });

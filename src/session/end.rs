@@ -7,8 +7,10 @@ use super::close;
 /// Why the session loop ended.
 #[derive(Debug)]
 pub(super) enum End {
-    /// The peer closed or dropped the connection.
+    /// The peer dropped the connection (or it failed).
     PeerGone,
+    /// The peer sent a Close frame: it is answered with ours (RFC 6455 §5.5.1).
+    PeerClosed,
     /// We close with this code and reason.
     Close(u16, &'static str),
 }

@@ -44,7 +44,7 @@ where
     let waited = tokio::select! {
         w = timeout(ctx.settings.hello_timeout(), wait_for_hello(stream)) => w,
         _ = ctx.shutdown.cancelled() => {
-            let _ = timeout(CLOSE_GRACE, sink.send(close_with(close::GOING_AWAY, "server shutting down"))).await;
+            close_now(&mut sink, close_with(close::GOING_AWAY, "server shutting down")).await;
             return None;
         }
     };
@@ -55,16 +55,23 @@ where
             ctx.metrics.handshake(Handshake::Dropped);
             return None;
         }
+        Ok(BeforeHello::PeerClosed) => {
+            info!("connection closed before hello");
+            ctx.metrics.handshake(Handshake::Dropped);
+            // The socket answers a received Close with the same code; sending ours flushes it.
+            close_now(&mut sink, close_with(close::NORMAL, "")).await;
+            return None;
+        }
         Ok(BeforeHello::Closing(code, reason)) => {
             warn!(code, reason, "closing before hello");
             ctx.metrics.handshake(Handshake::BadRequest);
-            let _ = timeout(CLOSE_GRACE, sink.send(close_with(code, reason))).await;
+            close_now(&mut sink, close_with(code, reason)).await;
             return None;
         }
         Err(_) => {
             warn!("no hello within {:?}; closing", ctx.settings.hello_timeout());
             ctx.metrics.handshake(Handshake::HelloTimeout);
-            let _ = timeout(CLOSE_GRACE, sink.send(close_with(close::POLICY, "hello timeout"))).await;
+            close_now(&mut sink, close_with(close::POLICY, "hello timeout")).await;
             return None;
         }
     };
@@ -78,8 +85,7 @@ where
         Err(e) => {
             warn!(error = %e, "unsupported protocol version in hello; closing");
             ctx.metrics.handshake(Handshake::BadRequest);
-            let msg = close_with(close::PROTOCOL_ERROR, "unsupported protocol version");
-            let _ = timeout(CLOSE_GRACE, sink.send(msg)).await;
+            close_now(&mut sink, close_with(close::PROTOCOL_ERROR, "unsupported protocol version")).await;
             return None;
         }
     };
@@ -96,11 +102,23 @@ where
     Some((Greeted { hello, version, downlink_rate }, sink))
 }
 
+/// Sends a Close frame and flushes, so that it also goes out when the socket refuses to send
+/// (after the peer's own Close it answers with the peer's code, queued until a flush).
+async fn close_now<Si: Sink<Message> + Unpin>(sink: &mut Si, msg: Message) {
+    let _ = timeout(CLOSE_GRACE, async {
+        let _ = sink.send(msg).await;
+        let _ = sink.flush().await;
+    })
+    .await;
+}
+
 /// How the wait for a hello ended.
 enum BeforeHello {
     Hello(ClientHello),
-    /// The peer closed or dropped the connection.
+    /// The peer dropped the connection.
     Gone,
+    /// The peer sent a Close frame (answered with ours).
+    PeerClosed,
     /// The peer broke a limit: close with this code.
     Closing(u16, &'static str),
 }
@@ -118,11 +136,11 @@ where
                 Err(e) => warn!(error = %e, "malformed message before hello ignored"),
             },
             Ok(Message::Binary(b)) => debug!(len = b.len(), "audio before hello ignored"),
-            Ok(Message::Close(_)) => return BeforeHello::Gone,
+            Ok(Message::Close(_)) => return BeforeHello::PeerClosed,
             Err(e) => {
                 return match read_error(e) {
                     End::Close(code, reason) => BeforeHello::Closing(code, reason),
-                    End::PeerGone => BeforeHello::Gone,
+                    End::PeerGone | End::PeerClosed => BeforeHello::Gone,
                 };
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}

@@ -114,7 +114,7 @@ impl Session {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         debug!(?frame, "peer closed");
-                        return End::PeerGone;
+                        return End::PeerClosed;
                     }
                     Some(Err(e)) => return read_error(e),
                     None => return End::PeerGone,
@@ -295,8 +295,11 @@ impl Session {
             || (self.listening == Some(ListenMode::Manual) && !self.buffer.is_empty())
     }
 
+    /// Whether `text` is one of the wake words, whatever its punctuation, spacing and case
+    /// (clients send `你好，小智。` as well as `你好小智`).
     fn is_wake_word(&self, text: &str) -> bool {
-        self.ctx.settings.wake_words.iter().any(|w| w.eq_ignore_ascii_case(text))
+        let heard = spoken_form(text);
+        !heard.is_empty() && self.ctx.settings.wake_words.iter().any(|w| spoken_form(w) == heard)
     }
 
     async fn on_binary(&mut self, data: Bytes) {
@@ -473,7 +476,7 @@ impl Session {
     }
 
     async fn send_json(&mut self, m: &ServerMessage) {
-        let _ = self.tx.send(Downlink::Text(m.to_json())).await;
+        let _ = self.tx.send(Downlink::Text(m.to_json_in(&self.session_id))).await;
     }
 
     pub(super) async fn finish(mut self, end: End, writer: JoinHandle<downlink::DownlinkStats>) {
@@ -483,6 +486,12 @@ impl Session {
             .submit(StoreOp::SessionEnded { session: (*self.record).clone(), ended_at: chrono::Utc::now() });
         match end {
             End::PeerGone => info!("device disconnected"),
+            End::PeerClosed => {
+                info!("device closed the connection");
+                // The socket answers a received Close with the same code; sending ours flushes it.
+                let close = Downlink::Close { code: close::NORMAL, reason: "" };
+                let _ = timeout(CLOSE_GRACE, self.tx.send(close)).await;
+            }
             End::Close(code, reason) => {
                 info!(code, reason, "closing session");
                 let _ = timeout(CLOSE_GRACE, self.tx.send(Downlink::Close { code, reason })).await;
@@ -503,4 +512,9 @@ impl Session {
             _ => debug!("writer did not finish in time"),
         }
     }
+}
+
+/// The letters and digits of `text`, lower-cased: what a speaker said, without punctuation.
+fn spoken_form(text: &str) -> String {
+    text.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
 }

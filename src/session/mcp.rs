@@ -26,6 +26,8 @@ const MAX_PAGES: usize = 16;
 #[derive(Debug)]
 pub(crate) struct McpClient {
     tx: mpsc::Sender<Downlink>,
+    /// Named in every request.
+    session_id: std::sync::Arc<str>,
     next_id: AtomicI64,
     pending: Mutex<HashMap<i64, oneshot::Sender<Response>>>,
     tools: Mutex<Vec<Tool>>,
@@ -35,9 +37,10 @@ pub(crate) struct McpClient {
 }
 
 impl McpClient {
-    pub(crate) fn new(tx: mpsc::Sender<Downlink>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<Downlink>, session_id: std::sync::Arc<str>) -> Self {
         Self {
             tx,
+            session_id,
             next_id: AtomicI64::new(1),
             pending: Mutex::new(HashMap::new()),
             tools: Mutex::new(Vec::new()),
@@ -72,7 +75,8 @@ impl McpClient {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         let payload = Request::new(id, method, params).to_value();
-        let sent = self.tx.send(Downlink::Text(ServerMessage::Mcp { payload }.to_json())).await;
+        let sent =
+            self.tx.send(Downlink::Text(ServerMessage::Mcp { payload }.to_json_in(&self.session_id))).await;
         let outcome = match sent {
             Err(_) => Err(ToolError::Gone),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {

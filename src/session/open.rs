@@ -67,8 +67,10 @@ where
     let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
     let (cancel_tx, cancel_rx) = watch::channel(0u64);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let session_id: Arc<str> = conn.session_id.as_str().into();
     let pacing = Pacing {
         version,
+        session_id: session_id.clone(),
         metrics: ctx.metrics.clone(),
         prebuffer: Duration::from_millis(
             u64::from(ctx.settings.prebuffer_frames) * u64::from(DOWNLINK_FRAME_MS),
@@ -77,8 +79,8 @@ where
     let writer =
         tokio::spawn(downlink::run(sink, rx, cancel_rx, events_tx.clone(), pacing).in_current_span());
 
-    let mcp =
-        (hello.has_mcp() && ctx.pipeline.uses_device_tools()).then(|| Arc::new(McpClient::new(tx.clone())));
+    let mcp = (hello.has_mcp() && ctx.pipeline.uses_device_tools())
+        .then(|| Arc::new(McpClient::new(tx.clone(), session_id.clone())));
     if let Some(client) = &mcp {
         let client = client.clone();
         // Where the camera tool uploads (set when a vision model is configured), with a token
@@ -104,7 +106,7 @@ where
     let settings = &ctx.settings;
     let mut session = Session {
         device_id: conn.device_id.clone().into(),
-        session_id: conn.session_id.clone().into(),
+        session_id,
         version,
         downlink_rate,
         listening: None,

@@ -69,7 +69,7 @@ pub(super) fn spawn(
     let max_packet = Duration::from_millis(u64::from(DOWNLINK_FRAME_MS));
     tokio::spawn(
         async move {
-            let mut reply = Reply::new(id, tx.clone(), max_packet, progress);
+            let mut reply = Reply::new(id, turn.session_id.clone(), tx.clone(), max_packet, progress);
             let outcome = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => None,

@@ -7,16 +7,29 @@
 //! * `outbox`: the durable upload queue for clips and the deletion queue for objects.
 //! * [`writer`]: the background writer sessions hand records to over a bounded queue.
 //! * `retention`: the scheduled deletion of expired conversations.
+//! * [`search`]: finding messages by their text (trigram indexes on both backends).
+//! * [`devices`] and [`stats`]: the operator's views of devices and of activity per day.
+//! * [`vectors`]: message embeddings (search by meaning), scored in the gateway.
+//! * [`listing`]: conversations by device, time and status; a conversation's messages by page.
+//! * [`keep`]: which clips are kept (`XIAOZHI_KEEP_AUDIO`), user clips' transcriptions.
+//! * [`export`]: messages in batches, oldest first, for exports of any size.
 //!
 //! Both backends run the same SQL text (written with `$N` placeholders, rewritten to `?N` for
 //! SQLite) and bind the same Rust types; only the DDL in `migrations/` differs. Timestamps go
 //! through [`Ts`], which is `timestamptz` on PostgreSQL and integer microseconds on SQLite.
 //! Nothing here may be awaited by a session's audio loop.
 
+pub mod devices;
+pub mod export;
+pub mod keep;
+pub mod listing;
 pub mod model;
 pub(crate) mod outbox;
 pub mod queries;
 pub(crate) mod retention;
+pub mod search;
+pub mod stats;
+pub mod vectors;
 pub mod writer;
 pub(crate) mod writes;
 
@@ -35,6 +48,24 @@ use sqlx::sqlite::{
 };
 
 use crate::config::{DatabaseKind, DatabaseSettings};
+
+/// Connects to the configured database and brings its schema up to date, waiting a while for
+/// a database that is still starting; a schema newer than this binary is refused at once.
+pub async fn open(settings: &crate::config::Settings) -> Result<Store, StoreError> {
+    let opts = PoolOptions::from_settings(&settings.database);
+    let store = Store::connect(&settings.database, &settings.data_dir, &opts).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(store),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// A connection pool to one of the two backends.
 #[derive(Clone, Debug)]
@@ -184,10 +215,14 @@ fn migrations(kind: DatabaseKind) -> Vec<Migration> {
         DatabaseKind::Postgres => &[
             (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
             (2, "deleted sessions", include_str!("../../migrations/postgres/0002_deleted_sessions.sql")),
+            (3, "search", include_str!("../../migrations/postgres/0003_search.sql")),
+            (4, "embeddings", include_str!("../../migrations/postgres/0004_embeddings.sql")),
         ],
         DatabaseKind::Sqlite => &[
             (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
             (2, "deleted sessions", include_str!("../../migrations/sqlite/0002_deleted_sessions.sql")),
+            (3, "search", include_str!("../../migrations/sqlite/0003_search.sql")),
+            (4, "embeddings", include_str!("../../migrations/sqlite/0004_embeddings.sql")),
         ],
     };
     files

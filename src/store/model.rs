@@ -213,6 +213,8 @@ pub struct StoredClip {
     pub sample_rate: i32,
     pub channels: i16,
     pub source_type: String,
+    /// What was recognized in a user clip (its message's text).
+    pub transcription: Option<String>,
     pub checksum: String,
     pub upload_status: String,
     pub upload_attempts: i32,

@@ -34,6 +34,7 @@ macro_rules! message_from_row {
         }
     }};
 }
+pub(crate) use message_from_row;
 
 macro_rules! session_from_row {
     ($r:expr) => {{
@@ -50,6 +51,7 @@ macro_rules! session_from_row {
         }
     }};
 }
+pub(crate) use session_from_row;
 
 macro_rules! clip_from_row {
     ($r:expr) => {{
@@ -67,6 +69,7 @@ macro_rules! clip_from_row {
             sample_rate: r.try_get("sample_rate")?,
             channels: r.try_get("channels")?,
             source_type: r.try_get("source_type")?,
+            transcription: r.try_get("transcription")?,
             checksum: r.try_get("checksum")?,
             upload_status: r.try_get("upload_status")?,
             upload_attempts: r.try_get("upload_attempts")?,
@@ -78,14 +81,14 @@ macro_rules! clip_from_row {
 }
 
 const CLIP_COLUMNS: &str = "file_id, session_id, message_id, device_id, bucket_name, object_key, file_type, file_size, \
-     duration_ms, sample_rate, channels, source_type, checksum, upload_status, upload_attempts, last_error, \
+     duration_ms, sample_rate, channels, source_type, transcription, checksum, upload_status, upload_attempts, last_error, \
      uploaded_at, created_at";
 
-const SESSION_COLUMNS: &str = "s.session_id, s.device_id, s.agent_id, s.started_at, s.ended_at, s.status, s.metadata, \
+pub(crate) const SESSION_COLUMNS: &str = "s.session_id, s.device_id, s.agent_id, s.started_at, s.ended_at, s.status, s.metadata, \
      (SELECT COUNT(*) FROM conversation_messages m WHERE m.session_id = s.session_id) AS message_count";
 
-/// Where a page of sessions continues: after (started_at, session_id).
-fn encode_cursor(started_at: DateTime<Utc>, session_id: Uuid) -> String {
+/// Where a page continues: after (time, id) (sessions by start, messages by creation).
+pub(crate) fn encode_cursor(started_at: DateTime<Utc>, session_id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", started_at.timestamp_micros(), session_id))
 }
 
@@ -335,6 +338,6 @@ pub enum Table {
 }
 
 /// A `LazyLock<String>`'s contents as `&'static str` (statics live forever).
-fn leak(s: &'static std::sync::LazyLock<String>) -> &'static str {
+pub(crate) fn leak(s: &'static std::sync::LazyLock<String>) -> &'static str {
     s.as_str()
 }

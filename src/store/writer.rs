@@ -34,6 +34,8 @@ pub struct WriterConfig {
     pub on_commit: Option<Arc<tokio::sync::Notify>>,
     /// Where to record each commit's latency.
     pub commit_latency: Option<metrics::Histogram>,
+    /// Which clips are kept (`XIAOZHI_KEEP_AUDIO`); applied as ops are submitted.
+    pub keep_audio: crate::config::KeepAudio,
 }
 
 impl WriterConfig {
@@ -45,6 +47,7 @@ impl WriterConfig {
             spill_dir: data_dir.join("store-spill"),
             on_commit: None,
             commit_latency: None,
+            keep_audio: crate::config::KeepAudio::All,
         }
     }
 }
@@ -113,6 +116,7 @@ impl StoreWriter {
 
     /// Hands an op to the writer without waiting. Never blocks, never drops.
     pub fn submit(&self, op: StoreOp) {
+        let op = super::keep::apply(self.config.keep_audio, op);
         let weight = op.weight();
         let bytes = self.stats.queued_bytes.load(Ordering::Relaxed);
         if bytes + weight <= self.config.max_queue_bytes {

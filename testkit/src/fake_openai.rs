@@ -1,5 +1,6 @@
 //! An in-process fake of an OpenAI-compatible API for tests: `/v1/audio/transcriptions`,
-//! `/v1/chat/completions` and `/v1/audio/speech` on 127.0.0.1 at a random port.
+//! `/v1/chat/completions`, `/v1/audio/speech` and `/v1/embeddings` on 127.0.0.1 at a random
+//! port.
 //!
 //! Scripting: each endpoint has a queue of one-shot scripts (`push_*`), consumed one per
 //! request in order, and a fallback used when the queue is empty (`set_*` for a fixed script,
@@ -379,6 +380,8 @@ struct FakeState {
     speech: Mutex<Script<SpeechScript>>,
     requests: Mutex<Vec<RecordedRequest>>,
     streams: Mutex<Vec<StreamRecord>>,
+    /// Statuses `/v1/embeddings` answers before it answers with vectors again.
+    embedding_failures: Mutex<VecDeque<u16>>,
 }
 
 /// Long enough to outlast any test.
@@ -393,11 +396,13 @@ impl FakeOpenAi {
             speech: Mutex::new(Script::fixed(SpeechScript::sine_pcm(440.0, 500))),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
+            embedding_failures: Mutex::new(VecDeque::new()),
         });
         let app = Router::new()
             .route("/v1/audio/transcriptions", post(transcriptions))
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/audio/speech", post(speech))
+            .route("/v1/embeddings", post(embeddings))
             .fallback(unknown)
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake API");
@@ -446,6 +451,11 @@ impl FakeOpenAi {
 
     pub fn set_chat_with(&self, f: impl Fn(&RecordedRequest) -> ChatScript + Send + Sync + 'static) {
         self.state.chat.lock().unwrap().fallback = Arc::new(f);
+    }
+
+    /// The next `/v1/embeddings` request answers this status (an OpenAI-style error body).
+    pub fn push_embeddings_failure(&self, status: u16) {
+        self.state.embedding_failures.lock().unwrap().push_back(status);
     }
 
     pub fn push_speech(&self, script: SpeechScript) {
@@ -658,6 +668,58 @@ async fn speech(State(state): State<Arc<FakeState>>, req: Request) -> Response {
             }
         };
     }
+}
+
+/// Dimensions of the fake embeddings.
+pub const EMBEDDING_DIMS: usize = 64;
+
+/// The fake's embedding of a text: each character (lower-cased) counted into one of
+/// [`EMBEDDING_DIMS`] buckets by a hash, then normalized. Texts that share characters point
+/// the same way, which is all a test of ranking by cosine similarity needs.
+pub fn fake_embedding(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; EMBEDDING_DIMS];
+    for c in
+        text.chars().flat_map(char::to_lowercase).filter(|c| !c.is_whitespace() && !c.is_ascii_punctuation())
+    {
+        let mut h: u32 = 2_166_136_261;
+        for b in c.to_string().bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(16_777_619);
+        }
+        v[h as usize % EMBEDDING_DIMS] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// `POST /v1/embeddings` (`input`: a string or an array of strings).
+async fn embeddings(State(state): State<Arc<FakeState>>, req: Request) -> Response {
+    let recorded = record(&state, req).await;
+    if let Some(status) = state.embedding_failures.lock().unwrap().pop_front() {
+        return status_response(status, "{\"error\":{\"message\":\"scripted failure\"}}".into());
+    }
+    let Some(body) = recorded.json.as_ref() else {
+        return status_response(400, "{\"error\":{\"message\":\"expected JSON\"}}".into());
+    };
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        _ => return status_response(400, "{\"error\":{\"message\":\"input must be text\"}}".into()),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": fake_embedding(text)}))
+        .collect();
+    axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": 1, "total_tokens": 1},
+    }))
+    .into_response()
 }
 
 async fn unknown(State(state): State<Arc<FakeState>>, req: Request) -> Response {

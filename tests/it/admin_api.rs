@@ -18,13 +18,13 @@ use xiaozhi_gateway::store::queries::Table;
 use crate::helpers::*;
 use crate::uploads::files_under;
 
-const TOKEN: &str = "admin-s3cret";
+pub(crate) const TOKEN: &str = "admin-s3cret";
 
 /// The operations a path item of OpenAPI 3.1 can hold.
 const HTTP_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
 /// Talks to `/api` and checks each answer against the OpenAPI document.
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: Option<String>,
     doc: Value,
@@ -32,14 +32,14 @@ struct Api {
 }
 
 /// An answer as it came, before any check.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     /// The `Content-Type` header ("" when absent).
-    ctype: String,
-    headers: reqwest::header::HeaderMap,
-    bytes: bytes::Bytes,
+    pub(crate) ctype: String,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) bytes: bytes::Bytes,
     /// The body when it is JSON, Null otherwise.
-    json: Value,
+    pub(crate) json: Value,
 }
 
 impl Reply {
@@ -54,7 +54,7 @@ impl Reply {
 }
 
 impl Api {
-    async fn new(app: &TestApp, token: Option<&str>) -> Api {
+    pub(crate) async fn new(app: &TestApp, token: Option<&str>) -> Api {
         let doc: Value =
             serde_json::from_str(xiaozhi_gateway::OPENAPI).expect("the OpenAPI document is JSON");
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -62,7 +62,7 @@ impl Api {
     }
 
     /// Sends a request (with the token, if any); no check.
-    async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+    pub(crate) async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -84,14 +84,14 @@ impl Api {
     }
 
     /// Sends a request and checks the answer against the document.
-    async fn fetch(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+    pub(crate) async fn fetch(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let reply = self.request(method.clone(), path, body).await;
         self.check(&method, path, &reply);
         reply
     }
 
     /// Calls the API; returns the status and the JSON body (Null when not JSON).
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let reply = self.fetch(method, path, body).await;
         (reply.status, reply.json)
     }
@@ -254,12 +254,12 @@ impl Api {
     }
 }
 
-async fn app_with_token() -> TestApp {
+pub(crate) async fn app_with_token() -> TestApp {
     spawn_app_with(|s: &mut Settings| s.admin.token = Some(TOKEN.into())).await
 }
 
 /// A text turn, so that a session with two messages exists.
-async fn text_conversation(app: &TestApp, text: &str) -> (String, uuid::Uuid) {
+pub(crate) async fn text_conversation(app: &TestApp, text: &str) -> (String, uuid::Uuid) {
     let cfg = app.device();
     let mut dev = xiaozhi_gateway::client::DeviceClient::connect(&cfg).await.unwrap();
     dev.tx.listen(ListenState::Detect, None, Some(text)).await.unwrap();
@@ -348,7 +348,7 @@ async fn conversations_are_listed_page_by_page_and_read() {
 
 /// A voice turn on a new connection; returns the connection (still open), the device id, the
 /// session id and the session's clips, once they are uploaded.
-async fn voice_conversation(app: &TestApp) -> (DeviceClient, String, uuid::Uuid, Vec<StoredClip>) {
+pub(crate) async fn voice_conversation(app: &TestApp) -> (DeviceClient, String, uuid::Uuid, Vec<StoredClip>) {
     let cfg = app.device();
     let mut dev = DeviceClient::connect(&cfg).await.unwrap();
     auto_turn(&mut dev).await;

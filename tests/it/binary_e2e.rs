@@ -31,15 +31,15 @@ pub(crate) fn gateway_command(args: &[&str], env: &[(&str, String)]) -> Command 
 }
 
 /// How a command that was expected to exit did.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
+pub(crate) struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
 }
 
 /// Runs `cmd` to completion; panics (after killing it) if it is still running after `limit`.
-fn run_within(mut cmd: Command, limit: Duration) -> Finished {
+pub(crate) fn run_within(mut cmd: Command, limit: Duration) -> Finished {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let started = Instant::now();
@@ -80,8 +80,15 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) fn serve(port: u16, env: &[(&str, String)], log_dir: &Path) -> Gateway {
+        Self::serve_with(&[], port, env, log_dir)
+    }
+
+    /// `serve` with extra arguments before it (`--config FILE`).
+    pub(crate) fn serve_with(args: &[&str], port: u16, env: &[(&str, String)], log_dir: &Path) -> Gateway {
         let log = log_dir.join("gateway.log");
-        let child = gateway_command(&["serve", "--listen", &format!("127.0.0.1:{port}")], env)
+        let listen = format!("127.0.0.1:{port}");
+        let all: Vec<&str> = args.iter().copied().chain(["serve", "--listen", &listen]).collect();
+        let child = gateway_command(&all, env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -498,6 +498,7 @@ macro_rules! conformance {
         }
     };
 }
+pub(crate) use conformance;
 
 conformance!(
     a_turn_lands_whole_and_linked,
