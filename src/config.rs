@@ -435,11 +435,11 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub ops: OpsSettings,
     pub brain: BrainSettings,
-    pub limits: LimitSettings,
     /// Keys of a Go server `config.yaml` this gateway does not use (logged once at start-up).
     #[serde(skip)]
     pub ignored_file_keys: Vec<String>,
     pub embeddings: EmbeddingsSettings,
+    pub limits: LimitSettings,
 }
 
 /// Search by meaning: the embeddings provider.
@@ -561,9 +561,9 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             ops: OpsSettings::default(),
             brain: BrainSettings::default(),
-            limits: LimitSettings::default(),
             ignored_file_keys: Vec::new(),
             embeddings: EmbeddingsSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }

@@ -161,11 +161,11 @@ async fn assemble_state(
         Duration::from_secs(3600),
         shutdown.clone(),
     ));
-    let limits = Arc::new(Limits::new(&settings.limits, &metrics));
-    tokio::spawn(crate::limits::prune_schedule(limits.clone(), Duration::from_secs(60), shutdown.clone()));
     if let Some(why) = settings.auth.lockout() {
         warn!("authentication locks firmware out: {why}");
     }
+    let limits = Arc::new(Limits::new(&settings.limits, &metrics));
+    tokio::spawn(crate::limits::prune_schedule(limits.clone(), Duration::from_secs(60), shutdown.clone()));
     let auth = Arc::new(Authenticator::new(&settings.auth));
     let devices = Arc::new(DeviceRegistry::default());
     let sessions = Arc::new(SessionRegistry::default());
@@ -178,6 +178,7 @@ async fn assemble_state(
         recorder: Arc::new(writer.clone()),
         sessions: sessions.clone(),
         devices: devices.clone(),
+        turns: limits.turns.clone(),
         auth: auth.clone(),
         draining: draining.clone(),
         shutdown: shutdown.clone(),

@@ -28,6 +28,9 @@ use super::{CLOSE_GRACE, SessionContext, close};
 use crate::conversation::{DeviceTools, Downlink, Turn, TurnInput};
 use crate::store::model::{SessionRecord, StoreOp};
 
+/// What a device over its turn quota hears instead of an answer.
+pub(super) const QUOTA_NOTICE: &str =
+    "Sorry, that is all the conversation I can have for now. Please try again later.";
 /// The largest uplink packet accepted: 120 ms of Opus at its highest bitrate is ~3.8 KB; the
 /// browser page's three-frame CELT packets are ~2.4 KB.
 const MAX_OPUS_PACKET: usize = 4000;
@@ -388,6 +391,17 @@ impl Session {
     }
 
     fn spawn_reply(&mut self, input: TurnInput) {
+        // Every user turn may cost a paid model call: over the device's quota it hears a notice.
+        let input = match input {
+            TurnInput::Voice(_) | TurnInput::Text(_) => match self.ctx.turns.take(&self.device_id) {
+                Ok(()) => input,
+                Err(e) => {
+                    warn!(error = %e, "turn not answered: over the device's turn quota; the device hears a notice");
+                    TurnInput::Say(QUOTA_NOTICE.to_owned())
+                }
+            },
+            say @ TurnInput::Say(_) => say,
+        };
         let id = self.next_reply;
         self.next_reply += 1;
         let record = TurnContext {

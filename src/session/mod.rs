@@ -92,6 +92,8 @@ pub struct SessionContext {
     pub sessions: Arc<SessionRegistry>,
     /// What is known about devices (a session reports its device as seen).
     pub devices: Arc<DeviceRegistry>,
+    /// Turns per device per minute and per day: a turn over the quota is answered with a notice.
+    pub turns: Arc<crate::limits::TurnQuota>,
     /// Issues the camera upload token bound to a session.
     pub auth: Arc<Authenticator>,
     /// Cancelled when the gateway starts draining: sessions finish the turn in progress and

@@ -16,9 +16,10 @@ use tokio::time::timeout;
 use super::registry::SessionRegistry;
 use super::{Connection, Recorder, SessionContext, run_on};
 use crate::auth::Authenticator;
-use crate::config::{AuthSettings, SessionSettings};
+use crate::config::{AuthSettings, LimitSettings, SessionSettings};
 use crate::conversation::{BoxFuture, Pipeline, PipelineError, Reply, Turn, TurnInput};
 use crate::devices::DeviceRegistry;
+use crate::limits::TurnQuota;
 use crate::store::model::{Role, StoreOp, TurnRecord};
 use crate::telemetry::metrics::Metrics;
 
@@ -27,7 +28,8 @@ fn frame() -> Bytes {
     Bytes::from_static(&[0x18, 0xAA, 0xBB])
 }
 
-/// Answers every voice or text turn with a transcript, one sentence and `frames` packets.
+/// Answers every voice or text turn with a transcript, one sentence and `frames` packets;
+/// speaks server-initiated text as it is.
 struct Scripted {
     frames: usize,
 }
@@ -37,7 +39,12 @@ impl Pipeline for Scripted {
         Box::pin(async move {
             let heard = match &turn.input {
                 TurnInput::Voice(u) => format!("{} packets", u.packets.len()),
-                TurnInput::Text(t) | TurnInput::Say(t) => t.clone(),
+                TurnInput::Text(t) => t.clone(),
+                // Server-initiated speech: say the text itself, as the real brains do.
+                TurnInput::Say(t) => {
+                    reply.sentence(t).await?;
+                    return reply.audio_all(vec![frame(); self.frames]).await;
+                }
             };
             reply.transcript(&heard).await?;
             reply.sentence("Yes.").await?;
@@ -92,14 +99,29 @@ enum Got {
 impl Device {
     /// Starts a session (with `adjust` applied to its settings) and says hello.
     async fn connect(frames: usize, adjust: impl FnOnce(&mut SessionSettings)) -> Device {
+        Self::connect_limited(
+            frames,
+            adjust,
+            LimitSettings { turns_per_minute: 0, turns_per_day: 0, ..Default::default() },
+        )
+        .await
+    }
+
+    async fn connect_limited(
+        frames: usize,
+        adjust: impl FnOnce(&mut SessionSettings),
+        limits: LimitSettings,
+    ) -> Device {
         let mut settings = SessionSettings { vad_silence_ms: 400, ..SessionSettings::default() };
         adjust(&mut settings);
         let kept = Arc::new(Kept::default());
+        let metrics = Metrics::new();
         let ctx = Arc::new(SessionContext {
             settings,
             bucket: "test".into(),
             clip_format: crate::config::ClipFileFormat::Ogg,
-            metrics: Metrics::new(),
+            turns: Arc::new(TurnQuota::new(&limits, &metrics)),
+            metrics,
             pipeline: Arc::new(Scripted { frames }),
             recorder: kept.clone(),
             sessions: Arc::new(SessionRegistry::default()),
@@ -358,6 +380,27 @@ async fn back_to_back_push_to_talk_turns_get_one_full_reply_each() {
     }
     let turns = dev.turns(20).await;
     assert!(turns.iter().all(|t| !assistant_interrupted(t)), "no turn stored as interrupted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_over_its_turn_quota_hears_a_notice_instead_of_an_answer() {
+    let limits = LimitSettings { turns_per_minute: 2, turns_per_day: 0, ..Default::default() };
+    let mut dev = Device::connect_limited(3, |_| {}, limits).await;
+    for _ in 0..2 {
+        dev.push_to_talk(2);
+        let reply = dev.reply().await;
+        assert!(matches!(reply.first(), Some(Got::Json(ServerMessage::Stt { .. }))), "answered: {reply:?}");
+    }
+    dev.push_to_talk(2);
+    let notice = dev.reply().await;
+    assert!(
+        notice.contains(&Got::Json(ServerMessage::sentence(super::machine::QUOTA_NOTICE))),
+        "the third turn in a minute is answered with the notice: {notice:?}"
+    );
+    assert!(!notice.iter().any(|g| matches!(g, Got::Json(ServerMessage::Stt { .. }))), "and not answered");
+    let turns = dev.turns(3).await;
+    let said: Vec<&str> = turns[2].messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(said, [super::machine::QUOTA_NOTICE], "the refused turn is stored as the notice alone");
 }
 
 /// The shipped speech sample as 60 ms Opus packets, then silence (the VAD ends the turn).
