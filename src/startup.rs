@@ -45,6 +45,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
+/// The largest batch the store writer commits at once on SQLite.
+const SQLITE_MAX_BATCH: usize = 64;
 /// How long a stop waits for sessions to close once they were told to.
 const SESSIONS_CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a stop waits for the store writer to commit what sessions handed it.
@@ -138,6 +140,12 @@ async fn assemble_state(
     writer_config.on_commit = Some(wake_uploads.clone());
     writer_config.commit_latency = Some(metrics.store_commit.clone());
     writer_config.keep_audio = settings.storage.keep_audio;
+    if settings.database.kind == crate::config::DatabaseKind::Sqlite {
+        // SQLite's set-based path got slower per turn as batches grew past a few dozen turns
+        // (BENCHMARKS.md, store writes): keep the embedded default's batches at the size it
+        // had before until that is profiled.
+        writer_config.max_batch = SQLITE_MAX_BATCH;
+    }
     let (writer, _task) = StoreWriter::start(store.clone(), writer_config);
     let pipeline = match pipeline {
         Some(p) => p,
