@@ -146,41 +146,17 @@ impl Store {
         }))
     }
 
-    /// Sessions, newest first, optionally of one device; `cursor` continues a listing.
+    /// Sessions, newest first, optionally of one device; `cursor` continues a listing (the
+    /// unfiltered case of [`Store::list_sessions`]).
     pub async fn sessions(
         &self,
         device_id: Option<&str>,
         cursor: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Page<StoredSession>, StoreError> {
-        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            format!(
-                "SELECT {SESSION_COLUMNS} FROM conversation_sessions s \
-                 WHERE ($1 IS NULL OR s.device_id = $1) AND ($2 IS NULL OR (s.started_at, s.session_id) < ($2, $3)) \
-                 ORDER BY s.started_at DESC, s.session_id DESC LIMIT $4"
-            )
-        });
-        let (after_ts, after_id) = match cursor {
-            Some((t, id)) => (Some(Ts(t)), Some(id)),
-            None => (None, None),
-        };
-        let mut items = with_pool!(self, p => {
-            let rows = sqlx::query(self.sql(leak(&SQL)))
-                .bind(device_id)
-                .bind(after_ts)
-                .bind(after_id)
-                .bind(limit + 1)
-                .fetch_all(p)
-                .await?;
-            rows.iter().map(|r| Ok(session_from_row!(r))).collect::<Result<Vec<_>, StoreError>>()?
-        });
-        let next_cursor = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|s| encode_cursor(s.started_at, s.session_id))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let filter =
+            super::listing::SessionFilter { device_id: device_id.map(str::to_owned), ..Default::default() };
+        self.list_sessions(&filter, cursor, limit).await
     }
 
     /// The clips of a session.
